@@ -1,0 +1,108 @@
+"""Exponential moving average of the model weights with the YOLOX/RTMDet momentum ramp.
+
+Spec section 4: mmdet ``ExpMomentumEMA`` (momentum 0.0002, gamma 2000, interval 1,
+``update_buffers=True``). Update number ``t`` (0-based) does
+
+    t == 0: avg <- param                            (plain copy)
+    t >= 1: m_t = (1 - momentum) * exp(-(1 + t) / gamma) + momentum
+            avg <- lerp(avg, param, m_t) = avg + m_t * (param - avg)
+
+for every parameter and every floating-point buffer (BN running statistics are averaged too);
+integer buffers such as ``num_batches_tracked`` are copied. Validation uses :attr:`ModelEMA.module`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside DDP / DataParallel and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _named_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers by name (shared ones once), the same keys for a model and its copy."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    return tensors
+
+
+class ModelEMA:
+    """Averaged copy of a model, updated after every optimiser step.
+
+    Args:
+        model: the model being trained (DDP / compiled wrappers are unwrapped).
+        momentum: floor of the per-step momentum (0.0002 in the recipe), in (0, 1).
+        gamma: time constant in steps of the early high-momentum ramp (2000 in the recipe), > 0.
+
+    ``module`` is a deep copy in eval mode whose tensors never require grad; it lives on the
+    device of ``model``. ``steps`` counts the updates done so far.
+    """
+
+    def __init__(self, model: nn.Module, momentum: float = 0.0002, gamma: float = 2000) -> None:
+        if not 0.0 < momentum < 1.0:
+            raise ValueError(f"momentum must be in (0, 1), got {momentum}")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.momentum = float(momentum)
+        self.gamma = float(gamma)
+        self.steps = 0
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
+        self.module.requires_grad_(False)
+        tensors = _named_tensors(self.module)
+        self._float_names = [n for n, t in tensors.items() if t.is_floating_point()]
+        self._other_names = [n for n, t in tensors.items() if not t.is_floating_point()]
+        self._float_avg = [tensors[n] for n in self._float_names]
+        self._other_avg = [tensors[n] for n in self._other_names]
+
+    def momentum_at(self, t: int) -> float:
+        """Interpolation weight ``m_t`` of update number ``t`` (only used for ``t >= 1``)."""
+        return (1.0 - self.momentum) * math.exp(-(1.0 + t) / self.gamma) + self.momentum
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the current weights of ``model`` (same architecture) into the average."""
+        src = _named_tensors(unwrap_model(model))
+        missing = [n for n in self._float_names + self._other_names if n not in src]
+        if missing:
+            raise ValueError(f"model lacks tensors present in the EMA copy: {missing[:5]}")
+        float_src = [src[n].detach() for n in self._float_names]
+        other_src = [src[n].detach() for n in self._other_names]
+        if self.steps == 0:
+            torch._foreach_copy_(self._float_avg, float_src)
+        else:
+            torch._foreach_lerp_(self._float_avg, float_src, self.momentum_at(self.steps))
+        if self._other_avg:
+            torch._foreach_copy_(self._other_avg, other_src)
+        self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Averaged weights plus the update count (needed to resume the momentum ramp)."""
+        return {
+            "module": self.module.state_dict(),
+            "steps": self.steps,
+            "momentum": self.momentum,
+            "gamma": self.gamma,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` produced (weights are copied into :attr:`module` in place).
+
+        ``momentum`` and ``gamma`` stay those of the constructor: the config of the resumed run rules.
+        """
+        if "module" not in state or "steps" not in state:
+            raise ValueError(f"EMA state needs keys 'module' and 'steps', got {sorted(state)}")
+        self.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
