@@ -1,0 +1,182 @@
+"""COCO-format detection dataset producing the data-sample contract of rtmdet_exp.
+
+A sample is a dict: ``img`` uint8 HxWx3 **BGR** (OpenCV order, which the preprocessor stats
+expect), ``boxes`` float32 ``[K, 4]`` xyxy pixels, ``labels`` int64 ``[K]`` contiguous 0..C-1,
+``image_id`` int, ``ori_shape`` (h, w) of the file. The pipeline, a callable ``sample -> sample``,
+is applied last.
+
+Annotations are parsed once at construction: crowd regions are dropped (they are neither
+positives nor negatives we train on), boxes are clipped to the image, and degenerate ones
+(non-finite, or zero width/height after clipping) are dropped and counted in
+``num_dropped_boxes``. Category ids, which in COCO are not contiguous, are mapped to labels
+0..C-1 in ascending id order; ``label_to_cat_id`` maps back for evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+__all__ = ["CocoDetection", "DataError"]
+
+log = logging.getLogger(__name__)
+
+# Decode in stored pixel order: COCO boxes refer to the raw pixels, not the EXIF-rotated view.
+_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent with its annotations."""
+
+
+class CocoDetection(Dataset):
+    """Images and boxes of a COCO json, one sample dict per image.
+
+    Args:
+        img_dir: folder that ``file_name`` entries of the json are relative to.
+        ann_file: COCO instances json.
+        pipeline: transform applied to each sample (``sample -> sample``), or None.
+        filter_empty: drop images left without boxes (after removing crowd and degenerate
+            boxes), as for training on COCO; keep them (the default) for evaluation.
+        exclude_ids: image ids to leave out (e.g. files a dataset check found broken).
+    """
+
+    def __init__(
+        self,
+        img_dir: str | Path,
+        ann_file: str | Path,
+        pipeline: Callable[[dict], dict] | None = None,
+        filter_empty: bool = False,
+        exclude_ids: Iterable[int] = (),
+    ) -> None:
+        self.img_dir = Path(img_dir)
+        self.ann_file = Path(ann_file)
+        if not self.ann_file.is_file():
+            raise DataError(f"annotation file {str(self.ann_file)!r} does not exist")
+        if pipeline is not None and not callable(pipeline):
+            raise ValueError(f"pipeline must be a callable sample -> sample or None, got {type(pipeline).__name__}")
+        self.pipeline = pipeline
+        self.filter_empty = bool(filter_empty)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            self.coco = COCO(str(self.ann_file))
+
+        cat_ids = sorted(int(c) for c in self.coco.cats)
+        self.label_to_cat_id: list[int] = cat_ids
+        self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(cat_ids)}
+        self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in cat_ids]
+
+        all_img_ids = sorted(int(i) for i in self.coco.imgs)
+        per_image, self.num_dropped_boxes = self._parse_annotations(all_img_ids)
+        if self.num_dropped_boxes:
+            log.warning(
+                "%s: dropped %d degenerate boxes (non-finite, or zero width/height after clipping to the image)",
+                self.ann_file.name,
+                self.num_dropped_boxes,
+            )
+        excluded = {int(i) for i in exclude_ids}
+        self.img_ids: list[int] = [
+            i for i in all_img_ids if i not in excluded and not (self.filter_empty and len(per_image[i][1]) == 0)
+        ]
+        self._anns = per_image
+
+    def _parse_annotations(self, img_ids: list[int]) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
+        """Vectorised parse of all annotations into per-image ``(boxes [K,4] xyxy, labels [K])``."""
+        anns = self.coco.dataset.get("annotations", [])
+        n = len(anns)
+        image_id = np.fromiter((a["image_id"] for a in anns), np.int64, n)
+        cat_id = np.fromiter((a["category_id"] for a in anns), np.int64, n)
+        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)
+        xywh = np.array([a["bbox"] for a in anns], np.float64).reshape(n, 4)  # [n, 4]
+
+        unknown = ~np.isin(cat_id, np.array(self.label_to_cat_id, np.int64))
+        if unknown.any():
+            bad = sorted(set(cat_id[unknown].tolist()))
+            raise DataError(f"{self.ann_file}: annotations use category ids {bad[:10]} missing from 'categories'")
+        known_img = np.isin(image_id, np.array(img_ids, np.int64))
+        if not known_img.all():
+            bad = sorted(set(image_id[~known_img].tolist()))
+            raise DataError(f"{self.ann_file}: annotations reference image ids {bad[:10]} missing from 'images'")
+
+        # Image sizes per annotation, inf where the json does not give them (then no clipping).
+        imgs = self.coco.imgs
+        size_of = {i: (imgs[i].get("width", np.inf), imgs[i].get("height", np.inf)) for i in img_ids}
+        wh_img = np.array([size_of[i] for i in image_id.tolist()], np.float64).reshape(n, 2)  # [n, 2]
+
+        xyxy = np.concatenate((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), axis=1)  # [n, 4]
+        finite = np.isfinite(xyxy).all(axis=1)
+        xyxy = np.clip(np.nan_to_num(xyxy), 0.0, np.concatenate((wh_img, wh_img), axis=1))
+        valid = finite & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        keep = ~crowd & valid
+        num_dropped = int((~crowd & ~valid).sum())
+
+        labels = np.searchsorted(np.array(self.label_to_cat_id, np.int64), cat_id)  # [n] contiguous
+        image_id, xyxy, labels = image_id[keep], xyxy[keep].astype(np.float32), labels[keep].astype(np.int64)
+        order = np.argsort(image_id, kind="stable")  # group by image, keeping file order within one
+        image_id, xyxy, labels = image_id[order], xyxy[order], labels[order]
+        ids, starts = np.unique(image_id, return_index=True)
+        bounds = np.append(starts, len(image_id))
+        per_image = {i: (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)) for i in img_ids}
+        for k, i in enumerate(ids.tolist()):
+            per_image[i] = (xyxy[bounds[k] : bounds[k + 1]], labels[bounds[k] : bounds[k + 1]])
+        return per_image, num_dropped
+
+    @property
+    def num_classes(self) -> int:
+        """Number of categories C in the json (labels are 0..C-1)."""
+        return len(self.label_to_cat_id)
+
+    def __len__(self) -> int:
+        return len(self.img_ids)
+
+    def image_path(self, index: int) -> Path:
+        """Path of the image file of sample ``index``."""
+        return self.img_dir / self.coco.imgs[self.img_ids[index]]["file_name"]
+
+    def get_ann(self, index: int) -> dict:
+        """Annotations of sample ``index`` without reading the image.
+
+        Returns ``{"boxes": float32 [K,4] xyxy, "labels": int64 [K], "image_id": int,
+        "ori_shape": (h, w) from the json, or None if the json lacks it}``; arrays are copies.
+        """
+        image_id = self.img_ids[index]
+        boxes, labels = self._anns[image_id]
+        info = self.coco.imgs[image_id]
+        shape = (int(info["height"]), int(info["width"])) if "height" in info and "width" in info else None
+        return {"boxes": boxes.copy(), "labels": labels.copy(), "image_id": image_id, "ori_shape": shape}
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Decode the image of sample ``index`` as uint8 HxWx3 BGR; raise :class:`DataError` if impossible."""
+        image_id = self.img_ids[index]
+        path = self.image_path(index)
+        if not path.is_file():
+            raise DataError(f"image file {str(path)!r} (image_id {image_id}) does not exist")
+        img = cv2.imread(str(path), _IMREAD_FLAGS)
+        if img is None:
+            raise DataError(f"image file {str(path)!r} (image_id {image_id}) could not be decoded")
+        info = self.coco.imgs[image_id]
+        if "height" in info and "width" in info and img.shape[:2] != (int(info["height"]), int(info["width"])):
+            raise DataError(
+                f"image file {str(path)!r} (image_id {image_id}) is {img.shape[1]}x{img.shape[0]} "
+                f"but the json says {info['width']}x{info['height']}"
+            )
+        return img
+
+    def load_sample(self, index: int) -> dict:
+        """The raw sample of ``index`` (image and annotations), before the pipeline."""
+        img = self.load_image(index)
+        ann = self.get_ann(index)
+        ann["img"] = img
+        ann["ori_shape"] = (int(img.shape[0]), int(img.shape[1]))
+        return ann
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load_sample(index)
+        return self.pipeline(sample) if self.pipeline is not None else sample
