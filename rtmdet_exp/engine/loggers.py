@@ -1,0 +1,191 @@
+"""Training-event subscribers: local JSONL metrics, Weights & Biases, and a no-op logger.
+
+The trainer calls the same four events on every subscriber: ``start``, ``log_metrics``,
+``log_images`` and ``finish``. A subscriber that fails (W&B misconfigured, no network) warns once
+and switches itself off: logging never stops a training run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Logger:
+    """Base subscriber; every event is optional."""
+
+    def start(self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str]) -> None:
+        """Called once before the first step with the flat, resolved config."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Namespaced scalars (``train/loss_cls``, ``val/mAP``...) at a global step."""
+
+    def log_images(self, images: list[dict[str, Any]], class_names: Sequence[str], step: int) -> None:
+        """Validation images: dicts with ``img`` (HxWx3 BGR uint8), ``pred`` and ``gt`` box dicts."""
+
+    def finish(self, summary: dict[str, Any], failed: bool = False) -> None:
+        """Called once at the end, also after a crash (``failed=True``)."""
+
+
+class NullLogger(Logger):
+    """No external logger: the run folder's metrics.jsonl and results.json are the record."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON object per ``log_metrics`` call to ``metrics.jsonl`` in the run folder.
+
+    Each line is flushed and fsynced, so a killed run keeps every record written before the kill.
+    On resume, records beyond the resumed step are dropped first, so the file never holds a
+    step twice.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def finish(self, summary: dict[str, Any], failed: bool = False) -> None:
+        self._file.close()
+
+
+class WandbLogger(Logger):
+    """Weights & Biases subscriber, offline by default (no account or network needed).
+
+    Sends the resolved flat config, every logged scalar, validation images with predicted and
+    true boxes, and a summary with the best mAP and its epoch. ``mode=online`` needs a login and
+    network; offline runs are uploaded later with ``wandb sync``.
+    """
+
+    def __init__(
+        self,
+        project: str = "rtmdet-exp",
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        log_images: bool = True,
+    ) -> None:
+        if mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"logger.mode must be offline, online or disabled, got '{mode}'")
+        self.project, self.entity, self.mode = project, entity, mode
+        self.group, self.tags, self.images = group, list(tags), log_images
+        self.run: Any = None
+
+    def _fail(self, what: str, err: BaseException) -> None:
+        log.warning("W&B %s failed (%s: %s); training continues with local logging only", what, type(err).__name__, err)
+        self.run = None
+
+    def start(self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str]) -> None:
+        try:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                mode=self.mode,
+                group=self.group,
+                tags=[*self.tags, *tags],
+                name=run_name,
+                dir=str(run_dir),
+                config=config,
+                resume="allow",
+                id=_run_id(run_dir),
+                settings=wandb.Settings(init_timeout=30, console="off"),
+            )
+        except Exception as err:  # noqa: BLE001 - any failure degrades to local logging
+            self._fail("init", err)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(metrics, step=step)
+        except Exception as err:  # noqa: BLE001
+            self._fail("log", err)
+
+    def log_images(self, images: list[dict[str, Any]], class_names: Sequence[str], step: int) -> None:
+        if self.run is None or not self.images or not images:
+            return
+        try:
+            import wandb
+
+            labels = {i: name for i, name in enumerate(class_names)}
+            shown = [
+                wandb.Image(
+                    np.ascontiguousarray(item["img"][..., ::-1]),
+                    boxes={
+                        "predictions": {"box_data": _box_data(item["pred"], class_names, True), "class_labels": labels},
+                        "ground_truth": {"box_data": _box_data(item["gt"], class_names, False), "class_labels": labels},
+                    },
+                )
+                for item in images
+            ]
+            self.run.log({"val/images": shown}, step=step)
+        except Exception as err:  # noqa: BLE001
+            self._fail("image logging", err)
+
+    def finish(self, summary: dict[str, Any], failed: bool = False) -> None:
+        if self.run is None:
+            return
+        try:
+            for key, value in summary.items():
+                self.run.summary[key] = value
+            self.run.finish(exit_code=1 if failed else 0)
+        except Exception as err:  # noqa: BLE001
+            self._fail("finish", err)
+
+
+def _run_id(run_dir: Path) -> str:
+    """A stable W&B run id per run folder, so a resumed run continues the same W&B run."""
+    import hashlib
+
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def _box_data(boxes: dict[str, Any], class_names: Sequence[str], with_scores: bool) -> list[dict[str, Any]]:
+    """W&B ``box_data`` entries (pixel coordinates) from a dict of numpy boxes/labels/scores."""
+    out = []
+    scores = boxes.get("scores")
+    for i, (box, label) in enumerate(zip(boxes["boxes"], boxes["labels"])):
+        entry: dict[str, Any] = {
+            "position": {"minX": float(box[0]), "minY": float(box[1]), "maxX": float(box[2]), "maxY": float(box[3])},
+            "domain": "pixel",
+            "class_id": int(label),
+            "box_caption": class_names[int(label)] if int(label) < len(class_names) else str(int(label)),
+        }
+        if with_scores and scores is not None:
+            entry["scores"] = {"score": float(scores[i])}
+        out.append(entry)
+    return out

@@ -1,0 +1,103 @@
+"""Test-time decoding: scores and boxes of a whole batch to per-image detections.
+
+Follows the RTMDet test config (spec section 6): sigmoid scores, multi-label (one prior may give
+several class detections), per-level top-k before NMS, score threshold, class-aware NMS, top
+``max_per_img`` by score, then clip to the resized image and map back to original coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+
+@dataclass
+class PostprocessConfig:
+    """Test-time settings; defaults are RTMDet's ``test_cfg`` (spec section 4)."""
+
+    score_thr: float = 0.001  # keep (prior, class) pairs with a score above this
+    nms_pre: int = 30000  # at most this many pairs per level enter NMS
+    iou_threshold: float = 0.65  # class-aware NMS IoU threshold
+    max_per_img: int = 300  # detections kept per image after NMS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_thr < 1.0:
+            raise ValueError(f"score_thr must be in [0, 1), got {self.score_thr}")
+        if not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        if self.nms_pre < 1 or self.max_per_img < 1:
+            raise ValueError(f"nms_pre and max_per_img must be >= 1, got {self.nms_pre}, {self.max_per_img}")
+
+
+def postprocess(
+    scores: Tensor,
+    boxes: Tensor,
+    level_sizes: list[int],
+    meta: dict[str, Tensor],
+    cfg: PostprocessConfig,
+) -> list[dict[str, Tensor]]:
+    """Turn batched ``scores [B,N,C]`` (probabilities) and ``boxes [B,N,4]`` into detections.
+
+    ``level_sizes`` gives the number of priors per level (they are concatenated level-major).
+    ``meta`` holds ``img_shape [B,2]`` (h, w of the resized, unpadded image), ``pad_offset [B,2]``
+    (left, top) and ``scale_factor [B,2]`` (sx, sy) of the letterbox transform. Returns one dict per
+    image with ``boxes [K,4]`` xyxy in original-image pixels, ``scores [K]`` and ``labels [K]``.
+    """
+    batch, _, num_classes = scores.shape
+    device = scores.device
+    cand_scores, cand_index = [], []
+    start = 0
+    for size in level_sizes:
+        level = scores[:, start : start + size].reshape(batch, size * num_classes)  # [B, N_l*C]
+        k = min(cfg.nms_pre, size * num_classes)
+        top, idx = level.topk(k, dim=1)  # [B, k]
+        cand_scores.append(top)
+        cand_index.append(idx + start * num_classes)  # index into the flattened [N*C] axis
+        start += size
+    top_scores = torch.cat(cand_scores, dim=1)  # [B, K]
+    flat_index = torch.cat(cand_index, dim=1)
+    prior_index = flat_index // num_classes
+    labels = flat_index % num_classes
+    cand_boxes = torch.gather(boxes, 1, prior_index[..., None].expand(-1, -1, 4))  # [B, K, 4]
+
+    # Clip to the resized image (h, w) per image, before NMS as in the reference.
+    img_hw = meta["img_shape"].to(device=device, dtype=cand_boxes.dtype)
+    limits = img_hw[:, None, [1, 0, 1, 0]]  # [B, 1, 4] = w, h, w, h
+    cand_boxes = torch.minimum(cand_boxes.clamp(min=0), limits)
+
+    valid = (top_scores > cfg.score_thr) & (cand_boxes[..., 2] > cand_boxes[..., 0]) & (
+        cand_boxes[..., 3] > cand_boxes[..., 1]
+    )
+    image_index = torch.arange(batch, device=device)[:, None].expand_as(labels)
+    flat_valid = valid.reshape(-1)
+    v_boxes = cand_boxes.reshape(-1, 4)[flat_valid]
+    v_scores = top_scores.reshape(-1)[flat_valid]
+    v_labels = labels.reshape(-1)[flat_valid]
+    v_image = image_index.reshape(-1)[flat_valid]
+
+    # One NMS call for the whole batch: groups are (image, class) pairs.
+    keep = batched_nms(v_boxes.float(), v_scores.float(), v_image * num_classes + v_labels, cfg.iou_threshold)
+    # keep is sorted by score; a stable sort by image then gives per-image score order.
+    order = torch.sort(v_image[keep], stable=True).indices
+    keep = keep[order]
+    kept_image = v_image[keep]
+    counts = torch.bincount(kept_image, minlength=batch)
+    first = torch.cumsum(counts, 0) - counts  # start offset of each image's run
+    rank = torch.arange(keep.numel(), device=device) - first[kept_image]
+    keep = keep[rank < cfg.max_per_img]
+    kept_image = v_image[keep]
+
+    # Back to original image coordinates: remove padding offset, undo the resize.
+    pad = meta["pad_offset"].to(device=device, dtype=v_boxes.dtype)[kept_image]  # [K, 2]
+    scale = meta["scale_factor"].to(device=device, dtype=v_boxes.dtype)[kept_image]
+    out_boxes = (v_boxes[keep] - pad.repeat(1, 2)) / scale.repeat(1, 2)
+    splits = torch.bincount(kept_image, minlength=batch).tolist()
+    return [
+        {"boxes": b, "scores": s, "labels": lab}
+        for b, s, lab in zip(
+            out_boxes.split(splits), v_scores[keep].split(splits), v_labels[keep].split(splits)
+        )
+    ]
