@@ -248,6 +248,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
                 "perf/flops": 2 * macs,
                 "perf/train_time_s": trainer.state.train_time_s,
                 "perf/skipped_steps": trainer.state.skipped_steps,
+                "data/skipped_images": len(data.skip_train.image_ids) + len(data.skip_val.image_ids),
+                "data/skipped_annotations": len(data.skip_train.ann_ids) + len(data.skip_val.ann_ids),
                 "perf/wall_time_s": time.perf_counter() - start,
                 "epochs": trainer.state.epoch,
                 "steps": trainer.state.step,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Callable, Iterable
@@ -37,6 +38,27 @@ class DataError(ValueError):
     """A dataset file is missing, unreadable or inconsistent with its annotations."""
 
 
+def _load_coco(ann_file: Path, skip_images: set[int], skip_anns: set[int]) -> COCO:
+    """A pycocotools index of ``ann_file`` without the skipped images and annotations.
+
+    Skipped entries (found by :mod:`rtmdet_exp.data.validate` in ``on_error=skip`` mode) are
+    removed before indexing, so neither training nor the evaluator's ground truth sees them.
+    """
+    coco = COCO()
+    with ann_file.open() as f:
+        data = json.load(f)
+    if skip_images or skip_anns:
+        data["images"] = [im for im in data.get("images", []) if im.get("id") not in skip_images]
+        data["annotations"] = [
+            a for a in data.get("annotations", [])
+            if a.get("id") not in skip_anns and a.get("image_id") not in skip_images
+        ]
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco.createIndex()
+    return coco
+
+
 class CocoDetection(Dataset):
     """Images and boxes of a COCO json, one sample dict per image.
 
@@ -56,6 +78,7 @@ class CocoDetection(Dataset):
         pipeline: Callable[[dict], dict] | None = None,
         filter_empty: bool = False,
         exclude_ids: Iterable[int] = (),
+        exclude_ann_ids: Iterable[int] = (),
     ) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
@@ -65,8 +88,8 @@ class CocoDetection(Dataset):
             raise ValueError(f"pipeline must be a callable sample -> sample or None, got {type(pipeline).__name__}")
         self.pipeline = pipeline
         self.filter_empty = bool(filter_empty)
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            self.coco = COCO(str(self.ann_file))
+        excluded = {int(i) for i in exclude_ids}
+        self.coco = _load_coco(self.ann_file, excluded, {int(i) for i in exclude_ann_ids})
 
         cat_ids = sorted(int(c) for c in self.coco.cats)
         self.label_to_cat_id: list[int] = cat_ids
@@ -81,7 +104,6 @@ class CocoDetection(Dataset):
                 self.ann_file.name,
                 self.num_dropped_boxes,
             )
-        excluded = {int(i) for i in exclude_ids}
         self.img_ids: list[int] = [
             i for i in all_img_ids if i not in excluded and not (self.filter_empty and len(per_image[i][1]) == 0)
         ]

@@ -23,6 +23,7 @@ from rtmdet_exp.data.coco import CocoDetection
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.synthetic import ensure_synthetic_dataset
 from rtmdet_exp.data.transforms import Compose, LetterboxResize
+from rtmdet_exp.data.validate import Skipped, check_split
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +144,17 @@ class DataModule:
             if not Path(value).exists():
                 raise ConfigError(f"data.{key}: '{value}' does not exist")
         if self.validate:
-            from rtmdet_exp.data.validate import check_split
-
             skip = self.on_error == "skip"
             self.skip_train = check_split(self.paths["train_json"], self.paths["train_images"], skip, "train")
             self.skip_val = check_split(self.paths["val_json"], self.paths["val_images"], skip, "val")
         else:
-            self.skip_train, self.skip_val = set(), set()
+            self.skip_train = self.skip_val = Skipped(set(), set())
         self.train_set = CocoDetection(self.paths["train_images"], self.paths["train_json"],
-                                       exclude_ids=self.skip_train)
+                                       exclude_ids=self.skip_train.image_ids,
+                                       exclude_ann_ids=self.skip_train.ann_ids)
         self.val_set = CocoDetection(self.paths["val_images"], self.paths["val_json"],
-                                     pipeline=Compose([LetterboxResize(self.img_size)]), exclude_ids=self.skip_val)
+                                     pipeline=Compose([LetterboxResize(self.img_size)]),
+                                     exclude_ids=self.skip_val.image_ids, exclude_ann_ids=self.skip_val.ann_ids)
         if self.train_set.class_names != self.val_set.class_names:
             raise ConfigError(
                 f"data.train_json and data.val_json list different categories: "
