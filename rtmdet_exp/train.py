@@ -119,6 +119,30 @@ def _run_name(cfg: DictConfig) -> str:
         return "default"
 
 
+IGNORED_AXES = ("seed", "trainer.device", "data.num_workers", "logger", "resume", "run_name")
+
+
+def sweep_identity() -> tuple[str | None, list[str]]:
+    """In a multirun: the sweep's name (its folder, last two parts) and the axes it varies."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return None, []
+    if hc.mode != RunMode.MULTIRUN:
+        return None, []
+    sweep_dir = Path(hc.sweep.dir)
+    group = "/".join(sweep_dir.parts[-2:])
+    axes = []
+    for item in hc.overrides.task:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("hydra") and not key.startswith(IGNORED_AXES):
+            axes.append(key)
+    return group, axes
+
+
 def _claim_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to write a new run over an existing one (pass resume=true to continue it)."""
     finished = (run_dir / "results.json").exists()
@@ -224,9 +248,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         loggers = [JsonlLogger(run_dir, resume_step=trainer.state.step if resume else None), logger]
         flat = to_flat_dict(cfg)
         flat.update({"perf/params": params, "perf/macs": macs, "perf/lr_scaled": lr})
-        tags = [*cfg.get("tags", [])]
+        group, axes = sweep_identity()
+        tags = [*cfg.get("tags", []), *axes]
         for item in loggers:
-            item.start(run_dir, flat, _run_name(cfg), tags)
+            item.start(run_dir, flat, _run_name(cfg), tags, group)
         for item in loggers:
             item.log_metrics({"perf/params": params, "perf/macs": macs, "perf/flops": 2 * macs}, trainer.state.step)
     trainer.loggers = loggers

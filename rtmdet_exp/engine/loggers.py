@@ -23,8 +23,13 @@ log = logging.getLogger(__name__)
 class Logger:
     """Base subscriber; every event is optional."""
 
-    def start(self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str]) -> None:
-        """Called once before the first step with the flat, resolved config."""
+    def start(
+        self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str], group: str | None = None
+    ) -> None:
+        """Called once before the first step with the flat, resolved config.
+
+        ``group`` names the sweep a run belongs to and ``tags`` the axes the sweep varies.
+        """
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Namespaced scalars (``train/loss_cls``, ``val/mAP``...) at a global step."""
@@ -106,7 +111,9 @@ class WandbLogger(Logger):
         log.warning("W&B %s failed (%s: %s); training continues with local logging only", what, type(err).__name__, err)
         self.run = None
 
-    def start(self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str]) -> None:
+    def start(
+        self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str], group: str | None = None
+    ) -> None:
         try:
             import wandb
 
@@ -115,8 +122,8 @@ class WandbLogger(Logger):
                 project=self.project,
                 entity=self.entity,
                 mode=self.mode,
-                group=self.group,
-                tags=[*self.tags, *tags],
+                group=self.group or group,
+                tags=list(dict.fromkeys([*self.tags, *tags])),
                 name=run_name,
                 dir=str(run_dir),
                 config=config,
