@@ -61,7 +61,7 @@ def load_detector(checkpoint: str | Path, weights: str = "ema") -> tuple[Detecto
     detector = build_detector(cfg)
     state = payload["ema"]["module"] if weights == "ema" and payload.get("ema") else payload["model"]
     detector.load_state_dict(state)
-    return detector.eval(), {"config": cfg, **extra}
+    return detector.eval(), {**extra, "config": cfg}  # the DictConfig, not the plain dict stored in extra
 
 
 def main(argv: list[str] | None = None) -> None:

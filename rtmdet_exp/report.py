@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 DEFAULT_METRIC = "val/mAP"
 DEFAULT_SETTING = "default"
 # Override keys that do not change the experiment (besides the seed, which is grouped over).
-IGNORED_KEYS = frozenset({"seed", "trainer.device", "data.num_workers", "resume", "run_name"})
+IGNORED_KEYS = frozenset({"seed", "study", "trainer.device", "data.num_workers", "resume", "run_name"})
 IGNORED_PREFIXES = ("hydra.", "logger")
 # Summary columns: namespaced metric keys aggregated per setting (the main metric is added).
 DETAIL_METRICS = ("val/mAP50", "val/mAP75", "val/mAP_s", "val/mAP_m", "val/mAP_l")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from rich.console import Console
 from rich.table import Table
 
@@ -63,8 +64,14 @@ def build_detector(cfg: DictConfig) -> Detector:
 
 def check_config(cfg: DictConfig) -> tuple[TrainerConfig, DataConfig]:
     """Range checks that types alone cannot express; each error names its key."""
-    trainer: TrainerConfig = OmegaConf.to_object(cfg.trainer)
-    data: DataConfig = OmegaConf.to_object(cfg.data)
+    try:
+        trainer: TrainerConfig = OmegaConf.to_object(cfg.trainer)
+        data: DataConfig = OmegaConf.to_object(cfg.data)
+    except InterpolationResolutionError as err:  # a resolver failed, e.g. ${coco_num_classes:<missing json>}
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        raise ConfigError(str(cause) if cause is not None else f"{err.full_key}: {err.msg}") from err
     positive = {
         "trainer.max_epochs": trainer.max_epochs,
         "trainer.checkpoint_interval": trainer.checkpoint_interval,
@@ -119,7 +126,7 @@ def _run_name(cfg: DictConfig) -> str:
         return "default"
 
 
-IGNORED_AXES = ("seed", "trainer.device", "data.num_workers", "logger", "resume", "run_name")
+IGNORED_AXES = ("seed", "study", "trainer.device", "data.num_workers", "logger", "resume", "run_name")
 
 
 def sweep_identity() -> tuple[str | None, list[str]]:
@@ -154,6 +161,20 @@ def _claim_run_dir(run_dir: Path, resume: bool) -> None:
         )
 
 
+# Keys that may differ when a run is continued: they do not change what is trained.
+RESUME_FREE_KEYS = ("resume", "run_name", "tags", "logger", "trainer.auto_resume", "trainer.device",
+                    "data.num_workers", "data.pin_memory")
+
+
+def _config_changes(saved: dict[str, Any] | None, cfg: DictConfig) -> list[str]:
+    """Keys (dotted) whose values differ between a checkpoint's stored config and ``cfg``."""
+    if saved is None:
+        return []
+    old, new = to_flat_dict(OmegaConf.create(saved)), to_flat_dict(cfg)
+    keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(RESUME_FREE_KEYS))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
 def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; returns the final namespaced metrics.
 
@@ -184,8 +205,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     params = count_params(detector.network)
     macs = count_macs(detector.network, img_size=data_cfg.img_size)["macs"]
     resume = bool(cfg.resume)
-    has_ckpt = any((run_dir / "checkpoints").glob("epoch_*.pt")) if (run_dir / "checkpoints").exists() else False
-    if has_ckpt and trainer_cfg.auto_resume:
+    # auto-resume continues an unfinished run (a preempted job run again); a finished one needs resume=true
+    ckpt_dir = run_dir / "checkpoints"
+    has_ckpt = ckpt_dir.exists() and any(p.name.startswith(("epoch_", "interrupt")) for p in ckpt_dir.glob("*.pt"))
+    if has_ckpt and trainer_cfg.auto_resume and not (run_dir / "results.json").exists():
         resume = True
     if is_main_process():
         _claim_run_dir(run_dir, resume)
@@ -243,6 +266,13 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         detector.network = torch.compile(detector.network)
     if resume and not trainer.resume():
         log.info("resume requested but %s holds no checkpoint: starting from scratch", run_dir / "checkpoints")
+    elif resume and not cfg.resume:  # auto-resume: only the same run continues, never another by accident
+        changed = _config_changes(trainer.resumed_extra.get("config"), cfg)
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds an unfinished run with other settings ({', '.join(changed[:8])}); "
+                f"pass resume=true to continue it with these settings, or choose another hydra.run.dir"
+            )
     loggers: list[Logger] = []
     if is_main_process():
         loggers = [JsonlLogger(run_dir, resume_step=trainer.state.step if resume else None), logger]
@@ -261,7 +291,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         metrics = trainer.fit()
         if not metrics:  # resumed a finished run: evaluate once more for the record
-            metrics = evaluation(trainer.ema.module if trainer.ema else detector, trainer.state.epoch)
+            metrics = evaluation(trainer.ema.module if trainer.ema else detector, trainer.state.epoch,
+                                 step=trainer.state.step)
             metrics["val/mAP_best"] = max(trainer.state.best_map, metrics.get("val/mAP", 0.0))
         summary = {k: v for k, v in metrics.items() if k.startswith("val/") and not isinstance(v, dict)}
         summary.update(

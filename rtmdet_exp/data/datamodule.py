@@ -10,6 +10,7 @@ two-stage augmentation switch needs no loader restart.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ from rtmdet_exp.data.transforms import Compose, LetterboxResize
 from rtmdet_exp.data.validate import Skipped, check_split
 
 log = logging.getLogger(__name__)
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers leave SIGTERM to the main process.
+
+    SLURM, ``timeout`` and ``kill -TERM -<pgid>`` signal the whole process group; a worker killed
+    by it makes the main process fail on its next batch before it can save ``interrupt.pt``.
+    Ignoring it is safe: workers exit by themselves once the main process is gone.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class EpochSampler(Sampler):
@@ -136,8 +147,8 @@ class DataModule:
                 seed=gen["seed"],
                 num_classes=self.expected_classes,
             )
-            for key in self.paths:
-                self.paths[key] = str(made[key])
+            for key in self.paths:  # a path set in the config wins (debug=overfit validates on train)
+                self.paths[key] = self.paths[key] or str(made[key])
         for key, value in self.paths.items():
             if value is None:
                 raise ConfigError(f"data.{key} is not set; point it at your dataset (see conf/data/coco.yaml)")
@@ -207,6 +218,7 @@ class DataModule:
                 drop_last=True,
                 persistent_workers=self.num_workers > 0,
                 prefetch_factor=4 if self.num_workers > 0 else None,
+                worker_init_fn=ignore_sigterm,
             )
         return self._train_loader
 
@@ -219,6 +231,7 @@ class DataModule:
             num_workers=min(self.num_workers, 2),
             collate_fn=collate,
             pin_memory=self.pin_memory,
+            worker_init_fn=ignore_sigterm,
         )
 
     def describe(self) -> str:

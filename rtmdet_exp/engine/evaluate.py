@@ -16,7 +16,7 @@ from rtmdet_exp.io import write_json_atomic
 
 
 class Evaluation:
-    """Callable ``(detector, epoch) -> metrics`` used by the trainer after chosen epochs.
+    """Callable ``(detector, epoch, step=None) -> metrics`` used by the trainer after chosen epochs.
 
     Metrics come namespaced (``val/mAP``, ``val/mAP50``, ..., ``val/per_class_AP``); the full
     result of the latest pass is also written atomically to ``val_results.json``.
@@ -37,7 +37,9 @@ class Evaluation:
         self.evaluator = CocoEvaluator(data.val_coco, data.label_to_cat_id, data.class_names)
 
     @torch.no_grad()
-    def __call__(self, detector: nn.Module, epoch: int) -> dict[str, Any]:
+    def __call__(self, detector: nn.Module, epoch: int, step: int | None = None) -> dict[str, Any]:
+        """Evaluate after ``epoch`` epochs; validation images go to the logger at the global ``step``
+        (W&B drops records whose step is below its current one, so an epoch number would be lost)."""
         detector.eval()
         self.evaluator.reset()
         shown: list[dict[str, Any]] = []
@@ -59,7 +61,7 @@ class Evaluation:
         metrics["val/per_class_AP"] = stats.get("per_class_AP", {})
         write_json_atomic(self.run_dir / "val_results.json", {"epoch": epoch, **metrics})
         if self.logger is not None and shown:
-            self.logger.log_images(shown, self.data.class_names, step=epoch)
+            self.logger.log_images(shown, self.data.class_names, step=epoch if step is None else step)
         return metrics
 
     def _visuals(self, batch: dict[str, Any], preds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:

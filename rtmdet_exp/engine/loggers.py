@@ -58,17 +58,23 @@ class JsonlLogger(Logger):
 
     Each line is flushed and fsynced, so a killed run keeps every record written before the kill.
     On resume, records beyond the resumed step are dropped first, so the file never holds a
-    step twice.
+    step twice, and so is a line cut short by a crash or a full disk.
     """
 
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = []
+            for line in self.path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s: dropping a damaged line (cut short by a crash?): %.80s", self.path, line)
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)

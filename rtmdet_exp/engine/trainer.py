@@ -69,8 +69,9 @@ class Trainer:
     """Runs ``fit()`` over a :class:`~rtmdet_exp.data.datamodule.DataModule`-like object.
 
     ``data`` must provide ``train_loader(epoch, start_batch)``, ``steps_per_epoch``,
-    ``val_loader()``, ``stage_of(epoch)`` and ``switch_epoch``; ``evaluate`` is a callable that runs
-    a detector over the validation loader and returns namespaced metrics (``val/mAP``...).
+    ``val_loader()``, ``stage_of(epoch)`` and ``switch_epoch``; ``evaluate(detector, epochs_done,
+    step=global_step)`` runs a detector over the validation loader and returns namespaced metrics
+    (``val/mAP``...).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Trainer:
         self._terminate = False
         self.params = [p for p in detector.parameters() if p.requires_grad]
         self.extra = extra or {}  # plain data saved in every checkpoint (config, class names)
+        self.resumed_extra: dict[str, Any] = {}  # the ``extra`` of the checkpoint resume() loaded
 
     # ----------------------------------------------------------------------------- checkpoints
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.state = FitState(**payload["state"])
+        self.resumed_extra = payload.get("extra") or {}
         restore_rng_state(payload["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
         return True
@@ -209,6 +212,7 @@ class Trainer:
                     out = self.step_model(images, targets)
                 losses = {k: v for k, v in out.items() if k.startswith("loss_")}
                 loss = sum(losses.values())
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (logged with it)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 ok = self._step_is_finite(loss, losses)
@@ -220,16 +224,16 @@ class Trainer:
                 self.state.step += 1
                 self.state.batch_in_epoch += 1
                 if self.state.step % self.cfg.log_interval == 0 or self.state.batch_in_epoch == total:
-                    record = {f"train/{k}": float(v) for k, v in out.items()}
-                    record.update({"train/loss": float(loss), "train/lr": self.optimizer.param_groups[0]["lr"]})
+                    record = {f"train/{k}": float(v.detach()) for k, v in out.items()}
+                    record.update({"train/loss": float(loss.detach()), "train/lr": lr})
                     record["epoch"] = epoch + self.state.batch_in_epoch / max(total, 1)
                     self._log(record)
-                    progress.update(loss=float(loss), lr=self.optimizer.param_groups[0]["lr"])
+                    progress.update(loss=record["train/loss"], lr=lr)
                 progress.advance(1)
                 if self._terminate:
-                    self.save("interrupt")
-                    raise TerminatedError(f"stopped by SIGTERM at epoch {epoch}, step {self.state.step}; "
-                                          f"resume with the same command and resume=true")
+                    path = self.save("interrupt")
+                    raise TerminatedError(f"stopped by SIGTERM in epoch {epoch + 1} after step {self.state.step}; "
+                                          f"saved {path}; resume with the same command and resume=true")
 
     def _step_is_finite(self, loss: Tensor, losses: dict[str, Tensor]) -> bool:
         """Clip gradients and check loss and gradient norm are finite (one host sync per step)."""
@@ -246,20 +250,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.bad_steps += 1
         self.state.skipped_steps += 1
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         lr = self.optimizer.param_groups[0]["lr"]
-        log.warning("non-finite step %d skipped (%s, grad norm %.4g, lr %.3g)", self.state.step, terms, float(norm), lr)
+        step = self.state.step + 1  # 1-based, as the step numbers of metrics.jsonl
+        log.warning("non-finite step %d skipped (%s, grad norm %.4g, lr %.4g)", step, terms, float(norm), lr)
         if self.state.bad_steps >= self.cfg.max_bad_steps:
             raise NonFiniteLossError(
-                f"{self.state.bad_steps} consecutive non-finite steps, last at step {self.state.step} "
-                f"(epoch {self.state.epoch}): {terms}, grad norm {float(norm):.4g}, lr {lr:.4g}. "
+                f"{self.state.bad_steps} consecutive non-finite steps, last at step {step} "
+                f"(epoch {self.state.epoch + 1}): {terms}, grad norm {float(norm):.4g}, lr {lr:.4g}. "
                 f"The last good checkpoint is kept in {self.ckpt_dir}; lower optim.lr or set trainer.grad_clip."
             )
         return False
 
     def _validate(self, epochs_done: int) -> dict[str, Any]:
         model = self.ema.module if self.ema else unwrap_model(self.detector)
-        metrics = self.evaluate_fn(model, epochs_done) if is_main_process() else {}
+        metrics = self.evaluate_fn(model, epochs_done, step=self.state.step) if is_main_process() else {}
         if dist.is_available() and dist.is_initialized():
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
