@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import hydra.utils
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -176,9 +176,8 @@ def instantiate(node: Any, where: str, **kwargs: Any) -> Any:
     Keys are checked against the constructor first; a ``ValueError``/``TypeError`` raised while
     building is re-raised as :class:`ConfigError` prefixed with the config path ``where``.
     """
-    if isinstance(node, (DictConfig, ListConfig)):
-        if isinstance(node, DictConfig):
-            _check_keys(node, where)
+    if isinstance(node, DictConfig):
+        _check_keys(node, where)
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except ConfigError:

@@ -30,9 +30,7 @@ import argparse
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from rtmdet_exp.io import write_text_atomic
+from rtmdet_exp.io import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import optuna
@@ -751,26 +749,11 @@ def study_markdown(result: StudyResult) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Render ``fig`` to PNG in memory and write it atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    return _write_bytes_atomic(Path(path), buffer.getvalue())
+    return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def _safe_name(text: str) -> str:

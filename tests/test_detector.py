@@ -154,7 +154,7 @@ def test_one_optimisation_step_lowers_the_loss() -> None:
     for _ in range(2):
         out = detector.loss(images, targets)
         loss = out["loss_cls"] + out["loss_bbox"]
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -26,7 +26,7 @@ from hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper import (
 from rtmdet_exp import sweep
 
 REPO = Path(__file__).resolve().parents[1]
-COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState[s] for s in ("COMPLETE", "PRUNED", "FAIL"))
+COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState[s] for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"))
 
 APP = '''
 import hydra
@@ -149,6 +149,19 @@ def test_failures_and_stale_trials_are_marked_fail(app: Path, tmp_path: Path) ->
     assert study.trials[1].value == pytest.approx(expected_score({**study.trials[1].params, "model": "small"}))
     log = proc.stdout + proc.stderr
     assert "boom in trial 2" in log and "not finite" in log
+
+
+def test_workers_sharing_a_study_leave_running_trials_alone(app: Path, tmp_path: Path) -> None:
+    """With fail_running_trials=false another worker's RUNNING trial survives this worker's start."""
+    sweep_dir = tmp_path / "workers"
+    sweep_dir.mkdir()
+    storage = sqlite_url(sweep_dir / "optuna.db")
+    name = f"app-{sweep_dir.name}"
+    optuna.create_study(study_name=name, storage=storage, direction="maximize").ask()  # "other worker"
+
+    run_sweep(app, sweep_dir, "model=small", "hydra.sweeper.n_trials=2", "hydra.sweeper.fail_running_trials=false")
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert [t.state for t in study.trials] == [RUNNING, COMPLETE, COMPLETE]
 
 
 def test_report_prunes_under_threshold_pruner(app: Path, tmp_path: Path) -> None:

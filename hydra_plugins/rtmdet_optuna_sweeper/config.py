@@ -155,6 +155,10 @@ class OptunaSweeperConf:
     # objective key(s) read from a dict returned by the task; a float / sequence return is used as is
     metric: Any = "val/mAP_best"
     load_if_exists: bool = True  # resume a study of the same name; False = fail if it exists
+    # A RUNNING trial found at start was left by a killed sweep: mark it FAIL. Set False when several
+    # workers share one study (RDB storage): then running trials of other workers are left alone
+    # and each worker offsets its sampler seed by its process id so workers draw different points.
+    fail_running_trials: bool = True
 
 
 def _register() -> None:

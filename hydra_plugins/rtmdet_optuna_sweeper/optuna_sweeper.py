@@ -6,8 +6,9 @@ it a fixed ``hydra.sweep.dir``: Hydra's default contains the start time):
 
 * ``n_trials`` is the total number of finished (COMPLETE or PRUNED) trials the study should
   reach; a run launches only the missing ones. Failed trials do not count, so a re-run retries.
-* Trials left RUNNING by a killed sweep are marked FAIL at start. This assumes one sweeper
-  process per study; two drivers sharing a study would fail each other's running trials.
+* Trials left RUNNING by a killed sweep are marked FAIL at start. With several workers on one
+  study (RDB storage) set ``fail_running_trials=false``: running trials are then left alone and
+  each worker offsets its sampler seed by its process id.
 * A job that raises, or returns something that is not a finite number, is recorded as FAIL (the
   error is logged) and the sweep goes on, unless ``max_failure_rate`` is exceeded. A job that
   raises ``optuna.TrialPruned`` (``rtmdet_exp.sweep.report`` does) is recorded as PRUNED.
@@ -29,7 +30,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -204,21 +204,6 @@ def objective_values(value: Any, metrics: Sequence[str], n_objectives: int) -> l
     return out
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _container(node: Any) -> Any:
     """Plain (resolved) Python value of a config node."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
@@ -250,6 +235,7 @@ class OptunaSweeper(Sweeper):
         pruner: Any,
         metric: Any,
         load_if_exists: bool,
+        fail_running_trials: bool = True,
     ) -> None:
         directions = _str_list("direction", direction)
         if any(d not in DIRECTIONS for d in directions):
@@ -284,6 +270,7 @@ class OptunaSweeper(Sweeper):
             get_method(custom_search_space) if custom_search_space else None
         )
         self.load_if_exists = load_if_exists
+        self.fail_running_trials = fail_running_trials
         self.config: DictConfig | None = None
         self.launcher: Any = None
 
@@ -362,7 +349,8 @@ class OptunaSweeper(Sweeper):
                 f"direction: study {study_name!r} in {storage} was created with {stored}, "
                 f"not {self.directions}; use another study_name or hydra.sweep.dir"
             )
-        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for stale in running if self.fail_running_trials else ():
             log.warning(f"Trial {stale.number} was left RUNNING by an earlier sweep: marking it FAIL")
             study.tell(stale.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         study.sampler = self._make_sampler(len(study.trials), space)
@@ -384,6 +372,8 @@ class OptunaSweeper(Sweeper):
         config = dict(self.sampler_config)
         if config.get("seed") is not None and n_existing:
             config["seed"] = int(config["seed"]) + n_existing
+        if config.get("seed") is not None and not self.fail_running_trials:  # one of several workers
+            config["seed"] = int(config["seed"]) + os.getpid()
         if self.is_grid:
             config["search_space"] = grid_search_space(space.distributions)
         sampler = instantiate(config, _convert_="all")
@@ -484,7 +474,9 @@ class OptunaSweeper(Sweeper):
                 log.info(f"Pareto front: {len(front)} trial(s)")
                 for t in front:
                     log.info(f"    trial {t.number}: values {t.values}, params {t.params}")
-        atomic_write(sweep_dir / RESULTS_FILE, yaml.safe_dump(results, sort_keys=False))
+        from rtmdet_exp.io import write_text_atomic
+
+        write_text_atomic(sweep_dir / RESULTS_FILE, yaml.safe_dump(results, sort_keys=False))
 
 
 def tell(
