@@ -82,7 +82,7 @@ class ATSSAssigner(Assigner):
         num_gt = gt_boxes.shape[1]
         gt_index = torch.full((batch, num_priors), -1, dtype=torch.long, device=pred_boxes.device)
         if num_priors == 0 or num_gt == 0:
-            return AssignResult(gt_index, gt_index.clone(), pred_boxes.new_zeros(batch, num_priors))
+            return AssignResult.background(batch, num_priors, pred_boxes)
 
         points = priors[:, :2]  # [N, 2]
         half_side = priors[:, 2:4] * (self.anchor_scale / 2)  # [N, 2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
@@ -24,6 +25,12 @@ class AssignResult:
     gt_index: Tensor
     labels: Tensor
     ious: Tensor
+
+    @classmethod
+    def background(cls, batch: int, num_priors: int, like: Tensor) -> AssignResult:
+        """Every prior background (no GT or no prior): index and label -1, soft target 0."""
+        gt_index = torch.full((batch, num_priors), -1, dtype=torch.long, device=like.device)
+        return cls(gt_index, gt_index.clone(), like.new_zeros(batch, num_priors))
 
     @property
     def pos_mask(self) -> Tensor:

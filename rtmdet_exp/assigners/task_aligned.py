@@ -79,7 +79,7 @@ class TaskAlignedAssigner(Assigner):
         num_gt = gt_boxes.shape[1]
         gt_index = torch.full((batch, num_priors), -1, dtype=torch.long, device=pred_boxes.device)
         if num_priors == 0 or num_gt == 0:
-            return AssignResult(gt_index, gt_index.clone(), pred_boxes.new_zeros(batch, num_priors))
+            return AssignResult.background(batch, num_priors, pred_boxes)
 
         iou = pairwise_iou(pred_boxes.detach(), gt_boxes)  # [B, N, M]
         class_idx = torch.where(gt_mask, gt_labels, 0)  # [B, M], padding labels may be anything
