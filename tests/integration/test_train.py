@@ -94,7 +94,7 @@ def test_bad_config_values_fail_fast_with_a_readable_message(tmp_path: Path) -> 
     for name, args in cases.items():
         procs[name] = subprocess.Popen(
             [sys.executable, "run.py", *args, f"hydra.run.dir={tmp_path / name}"],
-            cwd=Path(__file__).resolve().parent.parent, env=cli_env(RTMDET_DATA=str(cache)),
+            cwd=Path(__file__).resolve().parents[2], env=cli_env(RTMDET_DATA=str(cache)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
     out = {name: proc.communicate(timeout=300) for name, proc in procs.items()}

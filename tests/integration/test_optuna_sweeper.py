@@ -25,7 +25,7 @@ from hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper import (
 )
 from rtmdet_exp import sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState[s] for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"))
 
 APP = '''

@@ -27,7 +27,7 @@ from rtmdet_exp.report import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "ablation_analysis.ipynb"
 
 

@@ -18,7 +18,7 @@ from rtmdet_exp.assigners.dynamic import DynamicSoftLabelAssigner
 from rtmdet_exp.ops.priors import grid_priors
 
 LN2 = math.log(2.0)
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "assigner"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "assigner"
 
 SIMOTA = dict(cls_cost="hard", center_prior="hard", candidates="box_or_center", topk=10)
 

@@ -26,7 +26,7 @@ from rtmdet_exp.losses import (
     VarifocalLoss,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 LOG2 = math.log(2.0)
 
 

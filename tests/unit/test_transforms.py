@@ -48,7 +48,7 @@ PALETTE = np.array(
     ],
     dtype=np.float64,
 )
-REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def make_sample(h: int, w: int, rects: list[tuple[int, int, int, int, int]], image_id: int = 0) -> dict:

@@ -28,7 +28,7 @@ from rtmdet_exp.models.head import RTMDetHead
 from rtmdet_exp.models.neck import CSPNeXtPAFPN
 from rtmdet_exp.models.network import RTMDetNet
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 VARIANTS = ("tiny", "s", "m", "l", "x")
 
 # Spec table 0: stem channels, stage (out channels, blocks), neck out / csp blocks, params (M), MACs (G).

@@ -19,7 +19,7 @@ from rtmdet_exp.assigners.base import AssignResult
 from rtmdet_exp.assigners.task_aligned import TaskAlignedAssigner
 from rtmdet_exp.ops.priors import grid_priors
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "assigner"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "assigner"
 LN3, LN9 = math.log(3.0), math.log(9.0)
 
 
