@@ -8,6 +8,7 @@ Nothing here knows about Hydra, files or logging: every part is passed in as a b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,32 @@ from rtmdet_exp.ops.priors import grid_priors
 # Normalisation of the released models: images stay in OpenCV BGR order (spec section 1.7).
 BGR_MEAN = (103.53, 116.28, 123.675)
 BGR_STD = (57.375, 57.12, 58.395)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input a network's (pretrained) weights expect.
+
+    Images reach the detector as 0..255 values in OpenCV BGR order. ``rgb`` asks for the channels
+    to be reversed first; ``mean`` and ``std`` are on the 0..255 scale, in the network's channel order.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    rgb: bool
+
+
+# CSPNeXt / mmdetection RTMDet: BGR with mmdet's statistics.
+MMDET_INPUT = InputSpec(mean=BGR_MEAN, std=BGR_STD, rgb=False)
+
+
+def network_input_spec(network: nn.Module) -> InputSpec:
+    """``input_spec`` of the network, else of its backbone (timm models give theirs), else mmdet's BGR one."""
+    for owner in (network, getattr(network, "backbone", None)):
+        spec = getattr(owner, "input_spec", None)
+        if spec is not None:
+            return spec
+    return MMDET_INPUT
 
 
 def reduce_mean(value: Tensor) -> Tensor:
@@ -43,7 +70,8 @@ class Detector(nn.Module):
         cls_loss: classification loss, ``(logits, labels, targets, avg_factor) -> scalar``.
         box_loss: box regression loss, ``(pred, target, weight, avg_factor) -> scalar``.
         test_cfg: test-time decoding settings.
-        mean, std: per-channel normalisation in the images' channel order (BGR).
+        mean, std: per-channel normalisation of the BGR images, overriding the network's own
+            :class:`InputSpec` (the backbone's ``input_spec``; CSPNeXt: mmdet's BGR statistics).
     """
 
     def __init__(
@@ -53,8 +81,8 @@ class Detector(nn.Module):
         cls_loss: nn.Module,
         box_loss: nn.Module,
         test_cfg: PostprocessConfig | None = None,
-        mean: Sequence[float] = BGR_MEAN,
-        std: Sequence[float] = BGR_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
@@ -65,13 +93,23 @@ class Detector(nn.Module):
         head = getattr(network, "head", network)
         self.num_classes: int = int(head.num_classes)
         self.strides: tuple[int, ...] = tuple(int(s) for s in head.strides)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        spec = network_input_spec(network)
+        if mean is not None or std is not None:
+            spec = InputSpec(tuple(mean or BGR_MEAN), tuple(std or BGR_STD), rgb=False)
+        self.input_spec: InputSpec = spec
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self._prior_cache: dict[tuple, Tensor] = {}
 
     def normalize(self, images: Tensor) -> Tensor:
-        """uint8 or float images ``[B,3,H,W]`` in 0..255 to normalised floats (layout kept)."""
-        return (images.float() - self.mean) / self.std
+        """uint8 or float BGR images ``[B,3,H,W]`` in 0..255 to the network's normalised input.
+
+        The channels are reversed to RGB first when the network's :class:`InputSpec` asks for it.
+        """
+        images = images.float()
+        if self.input_spec.rgb:
+            images = images.flip(1)  # [B, 3, H, W] BGR -> RGB
+        return (images - self.mean) / self.std
 
     def priors(self, sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
         """Grid priors ``[N,4]`` for the given per-level feature sizes, cached per shape."""

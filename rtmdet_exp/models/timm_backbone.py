@@ -5,6 +5,10 @@ The timm model is built with ``features_only=True`` and random weights; nothing 
 with ``torch.load(weights_only=True)`` and ``strict=False``; missing and unexpected keys are logged.
 The neck takes its input channels from :attr:`TimmBackbone.out_channels`, so any model whose chosen
 levels have strides 8, 16 and 32 fits the rest of the detector unchanged.
+
+timm's weights were trained on RGB images normalised with the model's own statistics (its
+``pretrained_cfg``), not on mmdet's BGR ones: :attr:`TimmBackbone.input_spec` says so, and the
+Detector normalises accordingly.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from rtmdet_exp.models.backbone import CSPNeXt
+from rtmdet_exp.models.detector import InputSpec
 
 __all__ = ["TimmBackbone"]
 
@@ -56,9 +61,32 @@ def _suggest_out_indices(reductions: Sequence[int]) -> tuple[int, ...] | None:
     return tuple(picked)
 
 
+def _timm_input_spec(model: nn.Module) -> InputSpec:
+    """RGB input with the model's pretrained mean/std (timm gives them on the 0..1 scale)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(m) * 255.0 for m in cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+    std = tuple(float(s) * 255.0 for s in cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+    if len(mean) != 3 or len(std) != 3:  # a grayscale or multi-band model: nothing sensible to assume
+        raise ValueError(f"timm model with {len(mean)} input channels in its pretrained_cfg; the detector feeds 3")
+    return InputSpec(mean=mean, std=std, rgb=True)
+
+
 def _norm_key(key: str) -> str:
     """Checkpoint key with ``_`` and ``.`` made equal: timm's feature wrapper renames ``stages.0`` to ``stages_0``."""
     return key.replace("_", ".")
+
+
+def _leaves_to_levels(module: nn.Module, prefix: str, levels: list[str]) -> list[tuple[str, nn.Module]]:
+    """Children in forward order, opened up where a feature level sits deeper (``blocks.3``), with
+    ``_norm_key`` names."""
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        full = _norm_key(prefix + name)
+        if any(level.startswith(full + ".") for level in levels):
+            out.extend(_leaves_to_levels(child, full + ".", levels))
+        else:
+            out.append((full, child))
+    return out
 
 
 class TimmBackbone(nn.Module):
@@ -77,6 +105,8 @@ class TimmBackbone(nn.Module):
     Attributes:
         out_channels: channels of the returned maps (``feature_info.channels()``).
         strides: their strides, always (8, 16, 32).
+        input_spec: RGB order and the model's ``pretrained_cfg`` mean/std on the 0..255 scale
+            (ImageNet's when the config has none).
     """
 
     def __init__(
@@ -150,6 +180,7 @@ class TimmBackbone(nn.Module):
                     m.momentum = bn_momentum
                 if bn_eps is not None:
                     m.eps = bn_eps
+        self.input_spec: InputSpec = _timm_input_spec(self.model)
         if pretrained_path is not None:
             self.load_weights(pretrained_path)
 
@@ -215,6 +246,22 @@ class TimmBackbone(nn.Module):
             path, self.model_name, len(remapped), len(missing), missing[:10], len(unexpected), unexpected[:10],
         )
         return missing, unexpected
+
+    def stage_modules(self) -> list[nn.Module]:
+        """The model cut after each of its feature levels, in forward order: entry ``i`` holds the
+        modules up to level ``i`` (ResNet: the stem, then ``maxpool`` + ``layer1``, then ``layer2``, ...).
+        :func:`rtmdet_exp.models.freeze.freeze_backbone_stages` freezes a prefix of this list."""
+        levels = [_norm_key(info["module"]) for info in self.model.feature_info.info]
+        stages: list[nn.Module] = []
+        current: list[nn.Module] = []
+        for name, child in _leaves_to_levels(self.model, "", levels):
+            current.append(child)
+            if name in levels:
+                stages.append(nn.ModuleList(current))
+                current = []
+        if current:
+            stages.append(nn.ModuleList(current))
+        return stages
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """``x`` [B, 3, H, W] -> maps [B, out_channels[i], H / s, W / s] for s = 8, 16, 32."""
