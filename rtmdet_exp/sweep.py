@@ -8,8 +8,10 @@ sweeper's process for the basic launcher and in the worker for launchers that ru
 elsewhere (joblib, submitit), so the same mechanism works for both. The job loads the study from
 the storage and rebuilds the live trial with ``optuna.trial.Trial(study, trial_id)``; the pruner
 the sweep was configured with is read back from the study's user attr ``PRUNER_ATTR``, which
-the sweeper writes at start. The overrides (storage URL included) are saved in each job's
-``.hydra/hydra.yaml``: keep database passwords out of the URL (e.g. in ``~/.pgpass`` or
+the sweeper writes at start. The job does not beat for its trial: the sweeper process that
+launched it does, for as long as its launcher holds the job (running, queued or requeued), so
+a SLURM job waiting to resume is never failed as stale. The overrides (storage URL included) are
+saved in each job's ``.hydra/hydra.yaml``: keep database passwords out of the URL (e.g. in ``~/.pgpass`` or
 ``PGPASSWORD`` for PostgreSQL) if those files are shared.
 
 Outside an Optuna sweep the variables are unset: ``current_trial()`` is None, ``report`` does
@@ -65,12 +67,21 @@ def current_trial() -> optuna.Trial | None:
     return _load_trial(storage_url, study_name, int(number))
 
 
+@functools.lru_cache(maxsize=4)
+def _storage(storage_url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per URL and process: a sweep with the basic launcher runs
+    all its trials in the sweeper's process."""
+    import optuna
+
+    return optuna.storages.RDBStorage(storage_url)
+
+
 @functools.lru_cache(maxsize=1)
 def _load_trial(storage_url: str, study_name: str, number: int) -> optuna.Trial:
     """Rebuild trial ``number`` of the stored study (cached: one job reports many times)."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(storage_url)
+    storage = _storage(storage_url)
     study_id = storage.get_study_id_from_name(study_name)
     pruner = build_pruner(storage.get_study_user_attrs(study_id).get(PRUNER_ATTR))
     # The job never samples (the sweeper did), so a cheap sampler stands in for the real one.
@@ -101,8 +112,16 @@ def report(value: float, step: int) -> None:
             stacklevel=2,
         )
         return
-    trial.report(float(value), int(step))
-    if trial.should_prune():
-        import optuna
+    import optuna
 
+    try:
+        trial.report(float(value), int(step))
+    except optuna.exceptions.UpdateFinishedTrialError as err:
+        # A live worker failed this trial: its sweeper stopped beating for longer than
+        # hydra.sweeper.stale_after, and its params now run in a retry elsewhere.
+        raise RuntimeError(
+            f"trial {trial.number} was already finished by another sweep worker (no heartbeat from this "
+            "job's sweeper within hydra.sweeper.stale_after); stopping this job, a retry runs its params"
+        ) from err
+    if trial.should_prune():
         raise optuna.TrialPruned(f"trial {trial.number} pruned at step {step} (value {value})")

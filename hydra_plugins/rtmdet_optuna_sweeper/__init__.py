@@ -1,6 +1,10 @@
-"""rtmdet-exp's Hydra sweeper ``hydra/sweeper=optuna``: Optuna >= 5 with pruning and resume.
+"""rtmdet-exp's Hydra plugins: the sweeper ``hydra/sweeper=optuna`` (Optuna >= 5: pruning, resume,
+studies shared by several workers) and the requeueing submitit launchers.
 
-Hydra finds it by scanning the ``hydra_plugins`` namespace package (no ``__init__.py`` there);
-``config.py`` registers the schema, ``optuna_sweeper.py`` holds the sweeper. The job-side
-bridge (``report``, ``current_trial``) is ``rtmdet_exp.sweep``.
+Hydra finds them by scanning the ``hydra_plugins`` namespace package (no ``__init__.py`` there).
+``config.py`` registers the sweeper's schema; ``optuna_sweeper.py`` holds the sweeper, with its
+search space (``search_space.py``), its database, lock and retry rule (``storage.py``), its
+heartbeat (``heartbeat.py``) and what a trial ends with (``outcome.py``);
+``submitit_launchers.py`` holds the launchers of ``conf/hydra/launcher/submitit_{slurm,local}.yaml``.
+The job-side bridge (``report``, ``current_trial``) is ``rtmdet_exp.sweep``.
 """

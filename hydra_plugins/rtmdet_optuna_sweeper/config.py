@@ -1,8 +1,8 @@
 """Structured-config schema of the ``hydra/sweeper=optuna`` plugin, registered in Hydra's ConfigStore.
 
 The keys mirror the released ``hydra-optuna-sweeper`` (sampler, direction, storage, study_name,
-n_trials, n_jobs, max_failure_rate, params, custom_search_space) and add pruning and resume:
-``pruner``, ``metric`` and ``load_if_exists``.  Samplers live in the group ``hydra/sweeper/sampler``
+n_trials, n_jobs, max_failure_rate, params, custom_search_space) and add pruning, resume and shared
+studies: ``pruner``, ``metric``, ``load_if_exists``, ``heartbeat_interval`` and ``stale_after``.  Samplers live in the group ``hydra/sweeper/sampler``
 (tpe, random, cmaes, nsgaii, qmc, grid) and pruners in ``hydra/sweeper/pruner``
 (median, hyperband, threshold; default ``null`` = no pruning), so
 ``hydra/sweeper/sampler=random hydra/sweeper/pruner=median`` switches them from the command line.
@@ -23,7 +23,8 @@ OPTUNA_SWEEPER_TARGET = "hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper.Optu
 
 @dataclass
 class SamplerConfig:
-    """Any ``optuna.samplers.*`` class; on a resumed study the seed is offset by its trial count."""
+    """Any ``optuna.samplers.*`` class; the seed is offset by the number of sweeper starts on the
+    study before this one, so that workers sharing a study and re-runs draw different points."""
 
     _target_: str = MISSING  # dotted path of the sampler class
     seed: Optional[int] = None  # RNG seed; None draws a fresh one
@@ -144,7 +145,9 @@ class OptunaSweeperConf:
     study_name: Optional[str] = None
     n_trials: int = 20  # TOTAL finished (complete or pruned) trials the study should reach
     n_jobs: int = 1  # trials asked and launched per batch (parallelism of the launcher)
-    max_failure_rate: float = 1.0  # abort once failed / launched-this-run exceeds this; 1.0 = never
+    # abort once failed / launched-by-this-worker exceeds this; 1.0 = never (but a worker always
+    # stops after n_trials failures in a row)
+    max_failure_rate: float = 1.0
     # Search space, key -> "choice(a,b)" | "a,b" | "range(1,10)" | "interval(0,1)"
     # | "tag(log, interval(1e-4,1e-1))" | a fixed value; command-line overrides come after and win
     params: Optional[Dict[str, Any]] = None
@@ -155,10 +158,12 @@ class OptunaSweeperConf:
     # objective key(s) read from a dict returned by the task; a float / sequence return is used as is
     metric: Any = "val/mAP_best"
     load_if_exists: bool = True  # resume a study of the same name; False = fail if it exists
-    # A RUNNING trial found at start was left by a killed sweep: mark it FAIL. Set False when several
-    # workers share one study (RDB storage): then running trials of other workers are left alone
-    # and each worker offsets its sampler seed by its process id so workers draw different points.
-    fail_running_trials: bool = True
+    # Several workers (run.py -m processes, anywhere) may share one study: each records a heartbeat
+    # for its running trials every heartbeat_interval seconds; a RUNNING trial without a beat for
+    # stale_after seconds (its worker was killed) is marked FAIL by any live worker, within
+    # stale_after + heartbeat_interval, and its params run once more (docs/sweeps.md).
+    heartbeat_interval: int = 10  # seconds between heartbeats (and stale-trial checks)
+    stale_after: int = 60  # seconds without a heartbeat before a RUNNING trial is failed (> heartbeat_interval)
 
 
 def _register() -> None:

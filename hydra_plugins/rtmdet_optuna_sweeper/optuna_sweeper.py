@@ -1,43 +1,41 @@
-"""Hydra sweeper backed by an Optuna (>= 5) study, with pruning and resume.
+"""Hydra sweeper backed by an Optuna (>= 5) study: pruning, resume, and studies shared by workers.
 
 One sweep is one Optuna study in a storage (default: SQLite ``<hydra.sweep.dir>/optuna.db``,
 study ``<job name>-<sweep dir basename>``), so re-running the same command continues it (give
-it a fixed ``hydra.sweep.dir``: Hydra's default contains the start time):
+it a fixed ``hydra.sweep.dir``: Hydra's default contains the start time). Any number of workers
+(``run.py -m`` processes, on one machine or many) may run the same command against one study in
+a shared database (``hydra.sweeper.storage=postgresql://...``):
 
-* ``n_trials`` is the total number of finished (COMPLETE or PRUNED) trials the study should
-  reach; a run launches only the missing ones. Failed trials do not count, so a re-run retries.
-* Trials left RUNNING by a killed sweep are marked FAIL at start. With several workers on one
-  study (RDB storage) set ``fail_running_trials=false``: running trials are then left alone and
-  each worker offsets its sampler seed by its process id.
+* ``n_trials`` is the number of finished (COMPLETE or PRUNED) trials the study should hold. Before
+  every ask a worker counts, under a lock shared by all workers (``storage.StudyLock``), the
+  finished trials and the RUNNING trials of live workers, and asks only for what is missing; when
+  nothing is missing but trials are still running it waits, so that a trial lost with its worker
+  is taken over. Failed trials do not count.
+* Each worker beats for its running trials (``heartbeat.Heartbeat``); a RUNNING trial without a
+  beat for ``stale_after`` seconds is marked FAIL by a live worker and its params are queued once
+  more (``storage.RetryStaleOnce``): a killed worker costs one retry, never a double completion.
 * A job that raises, or returns something that is not a finite number, is recorded as FAIL (the
-  error is logged) and the sweep goes on, unless ``max_failure_rate`` is exceeded. A job that
-  raises ``optuna.TrialPruned`` (``rtmdet_exp.sweep.report`` does) is recorded as PRUNED.
-* On a resumed study a sampler seed is offset by the number of trials already in it, so that
-  the sampler does not replay the points of the first run.
+  error is logged) and the sweep goes on, unless ``max_failure_rate`` is exceeded or ``n_trials``
+  trials of this worker failed in a row. A job that raises ``optuna.TrialPruned``
+  (``rtmdet_exp.sweep.report`` does) is recorded as PRUNED.
+* The sampler seed is offset by the number of sweeper starts on the study before this one, so
+  workers and re-runs do not replay each other's points.
 * Job folders are named by trial number (``initial_job_idx``), so runs never overwrite each other.
 
-The search space is ``params`` plus the command-line task overrides, in the override grammar
-of the upstream hydra-optuna-sweeper: ``choice(a,b)`` / ``a,b`` -> categorical, ``range(1,10)``
--> int (or stepped float) distribution over the values Hydra's range yields (stop excluded),
-``interval(0,1)`` -> float, ``tag(log, ...)`` -> log scale; any other value is fixed for all
-trials (and kept as a trial user attr). A later entry for the same key wins.
-Optuna is imported lazily: Hydra imports this module at every start-up, sweep or not.
+The search space grammar is in ``search_space``. Optuna is imported lazily: Hydra imports this
+module at every start-up, sweep or not.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
@@ -45,163 +43,40 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.rtmdet_optuna_sweeper.heartbeat import Heartbeat, worker_id
+from hydra_plugins.rtmdet_optuna_sweeper.outcome import finished_states, objective_values, tell, trial_state, write_results
+from hydra_plugins.rtmdet_optuna_sweeper.search_space import (
+    SearchSpace,
+    grid_search_space,
+    param_line,
+    parse_search_space,
+    quote,
+    value_text,
+)
+from hydra_plugins.rtmdet_optuna_sweeper.storage import RETRY_OF, WORKER_ATTR, StudyLock, open_storage, public_url
+
 if TYPE_CHECKING:
     import optuna
-    from optuna.distributions import BaseDistribution
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
 STORAGE_FILE = "optuna.db"
-RESULTS_FILE = "optimization_results.yaml"
+STARTS_ATTR = "rtmdet_sweeper:starts"  # study user attr: sweeper starts on this study so far
+
+__all__ = ["OptunaSweeper", "objective_values", "parse_search_space", "quote", "tell"]
 
 
-class SearchSpace:
-    """Sweep params split into Optuna distributions and values fixed for every trial.
-
-    A plain class, not a dataclass: Hydra's plugin scanner executes this module before it is
-    in ``sys.modules``, where ``@dataclass`` cannot resolve postponed annotations.
-    """
-
-    def __init__(self) -> None:
-        self.distributions: dict[str, BaseDistribution] = {}
-        self.fixed_lines: dict[str, str] = {}  # key -> override line as given
-        self.fixed_values: dict[str, Any] = {}  # key -> value (trial user attr)
-        # key -> encoded choice -> override text, for list/dict choices (stored as strings in Optuna)
-        self.choice_texts: dict[str, dict[str, str]] = {}
-
-    def drop(self, key: str) -> None:
-        """Forget ``key`` so that a later override of it replaces the earlier one."""
-        for table in (self.distributions, self.fixed_lines, self.fixed_values, self.choice_texts):
-            table.pop(key, None)
-
-
-def quote(text: str) -> str:
-    """Single-quote ``text`` for Hydra's override grammar so that it parses back unchanged."""
-    # Backslashes are literal in a quoted string except a run before a quote or at the end.
-    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
-    return f"'{body}'"
-
-
-def value_text(value: Any) -> str:
-    """Override text of a sampled value: strings quoted, None/bools in YAML spelling."""
-    if isinstance(value, str):
-        return quote(value)
-    return Transformer.str(value)
-
-
-def param_line(key: str, value: Any) -> str:
-    """Override line of a ``params`` entry: strings are grammar (``choice(..)``), the rest literals."""
-    if isinstance(value, str):
-        return f"{key}={value}"
-    return f"{key}={Transformer.str(value)}"
-
-
-def distribution_from_override(override: Override) -> BaseDistribution:
-    """Optuna distribution of a sweep override (choice, range or interval)."""
-    import optuna.distributions as od
-
-    sweep = override.value()
-    tags = getattr(sweep, "tags", set())
-    if override.is_choice_sweep():
-        # sweep.list keeps the written order even under shuffle(): a resumed study needs the
-        # same choices in the same order
-        return od.CategoricalDistribution([Transformer.encode(x) for x in sweep.list])
-    if override.is_range_sweep():
-        values = list(override.sweep_iterator(transformer=Transformer.identity))
-        if not values:
-            raise ValueError(f"params: {override.input_line!r} is an empty range")
-        if sweep.shuffle:
-            return od.CategoricalDistribution(sorted(values))
-        low, high, step = min(values), max(values), abs(sweep.step)
-        log_scale = "log" in tags
-        if log_scale and step != 1:
-            raise ValueError(f"params: {override.input_line!r}: a log-scaled range needs step 1")
-        if all(isinstance(v, int) for v in values):
-            return od.IntDistribution(int(low), int(high), log=log_scale, step=int(step))
-        if log_scale:
-            raise ValueError(f"params: {override.input_line!r}: a float range cannot be log-scaled")
-        return od.FloatDistribution(float(low), float(high), step=float(step))
-    if override.is_interval_sweep():
-        return od.FloatDistribution(float(sweep.start), float(sweep.end), log="log" in tags)
-    raise ValueError(f"params: {override.input_line!r} is not a choice, range or interval sweep")
-
-
-def parse_search_space(lines: Sequence[str]) -> SearchSpace:
-    """Parse override lines (``params`` first, then the command line) into a search space."""
-    space = SearchSpace()
-    for override in OverridesParser.create().parse_overrides(list(lines)):
-        key = override.get_key_element()
-        space.drop(key)
-        if not override.is_sweep_override():
-            space.fixed_lines[key] = override.input_line
-            space.fixed_values[key] = (
-                None if override.value() is None else override.get_value_element_as_str()
-            )
-            continue
-        space.distributions[key] = distribution_from_override(override)
-        if override.is_choice_sweep():
-            texts = {
-                Transformer.encode(x): Transformer.str(x)
-                for x in override.value().list
-                if isinstance(x, (list, dict))
-            }
-            if texts:
-                space.choice_texts[key] = texts
-    return space
-
-
-def grid_search_space(distributions: Mapping[str, BaseDistribution]) -> dict[str, list[Any]]:
-    """All values of each discrete distribution, for ``optuna.samplers.GridSampler``."""
-    import optuna.distributions as od
-
-    grid: dict[str, list[Any]] = {}
-    for key, dist in distributions.items():
-        if isinstance(dist, od.CategoricalDistribution):
-            grid[key] = list(dist.choices)
-        elif isinstance(dist, od.IntDistribution) and not dist.log:
-            grid[key] = list(range(dist.low, dist.high + 1, dist.step))
-        elif isinstance(dist, od.FloatDistribution) and dist.step is not None:
-            count = int(round((dist.high - dist.low) / dist.step)) + 1
-            grid[key] = [dist.low + i * dist.step for i in range(count)]
+def consecutive_runs(trials: Sequence[Any]) -> list[list[Any]]:
+    """Split trials into runs of consecutive numbers: one launch per run, since a launcher numbers
+    its jobs ``initial_job_idx, +1, ...`` (a retry popped from the queue has an older number)."""
+    runs: list[list[Any]] = []
+    for trial in trials:
+        if runs and trial.number == runs[-1][-1].number + 1:
+            runs[-1].append(trial)
         else:
-            raise ValueError(
-                f"params: the grid sampler needs discrete values, {key!r} is continuous "
-                "(use choice(...) or range(...))"
-            )
-    return grid
-
-
-def objective_values(value: Any, metrics: Sequence[str], n_objectives: int) -> list[float]:
-    """The finite objective value(s) of a job's return: dict (read ``metrics``), number or sequence."""
-    if isinstance(value, Mapping):
-        if len(metrics) != n_objectives:
-            raise ValueError(
-                f"metric: {n_objectives} objective(s) need as many metric keys, got {list(metrics)}"
-            )
-        missing = [k for k in metrics if k not in value]
-        if missing:
-            raise ValueError(
-                f"metric: {missing} not in the job's return value (keys: {sorted(map(str, value))})"
-            )
-        raw = [value[k] for k in metrics]
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        raw = list(value)
-    else:
-        raw = [value]
-    if len(raw) != n_objectives:
-        raise ValueError(f"expected {n_objectives} objective value(s), the job returned {value!r}")
-    out = []
-    for item in raw:
-        try:
-            number = float(item)
-        except (TypeError, ValueError):
-            raise ValueError(f"objective {item!r} is not a number") from None
-        if not math.isfinite(number):
-            raise ValueError(f"objective {number} is not finite")
-        out.append(number)
-    return out
+            runs.append([trial])
+    return runs
 
 
 def _container(node: Any) -> Any:
@@ -216,6 +91,21 @@ def _str_list(name: str, value: Any) -> list[str]:
     if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
         raise ValueError(f"{name}: expected a string or a non-empty list of strings, got {value!r}")
     return items
+
+
+def _check_numbers(**values: float) -> None:
+    """Range checks of the numeric settings; the error names the key and what is valid."""
+    checks = {
+        "n_trials": (values["n_trials"] >= 1, "expected >= 1"),
+        "n_jobs": (values["n_jobs"] >= 1, "expected >= 1"),
+        "max_failure_rate": (0.0 <= values["max_failure_rate"] <= 1.0, "expected in [0, 1]"),
+        "heartbeat_interval": (values["heartbeat_interval"] >= 1, "expected >= 1 (seconds)"),
+        "stale_after": (values["stale_after"] > values["heartbeat_interval"],
+                        "expected more seconds than heartbeat_interval"),
+    }
+    for key, (ok, expected) in checks.items():
+        if not ok:
+            raise ValueError(f"hydra.sweeper.{key}: {expected}, got {values[key]}")
 
 
 class OptunaSweeper(Sweeper):
@@ -235,7 +125,8 @@ class OptunaSweeper(Sweeper):
         pruner: Any,
         metric: Any,
         load_if_exists: bool,
-        fail_running_trials: bool = True,
+        heartbeat_interval: int = 10,
+        stale_after: int = 60,
     ) -> None:
         directions = _str_list("direction", direction)
         if any(d not in DIRECTIONS for d in directions):
@@ -243,12 +134,8 @@ class OptunaSweeper(Sweeper):
         metrics = _str_list("metric", metric)
         if not isinstance(metric, str) and len(metrics) != len(directions):
             raise ValueError(f"metric: a list needs one key per direction, got {metrics} for {directions}")
-        if n_trials < 1:
-            raise ValueError(f"n_trials: expected >= 1, got {n_trials}")
-        if n_jobs < 1:
-            raise ValueError(f"n_jobs: expected >= 1, got {n_jobs}")
-        if not 0.0 <= max_failure_rate <= 1.0:
-            raise ValueError(f"max_failure_rate: expected in [0, 1], got {max_failure_rate}")
+        _check_numbers(n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate,
+                       heartbeat_interval=heartbeat_interval, stale_after=stale_after)
         sampler = _container(sampler)
         if not isinstance(sampler, Mapping) or "_target_" not in sampler:
             raise ValueError(f"sampler: expected a `_target_` node of an optuna sampler, got {sampler}")
@@ -270,9 +157,12 @@ class OptunaSweeper(Sweeper):
             get_method(custom_search_space) if custom_search_space else None
         )
         self.load_if_exists = load_if_exists
-        self.fail_running_trials = fail_running_trials
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = stale_after
+        self.worker = worker_id()
         self.config: DictConfig | None = None
         self.launcher: Any = None
+        self._untracked: set[int] = set()  # RUNNING trials without a worker, already warned about
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -295,42 +185,112 @@ class OptunaSweeper(Sweeper):
         space = parse_search_space(lines)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = self.storage or f"sqlite:///{sweep_dir / STORAGE_FILE}"
+        url = self.storage or f"sqlite:///{sweep_dir / STORAGE_FILE}"
         study_name = self.study_name or f"{self.config.hydra.job.name}-{sweep_dir.name}"
-        study = self._open_study(storage, study_name, space)
-
         target = self.n_trials
         if self.is_grid:
             grid_size = math.prod(len(v) for v in grid_search_space(space.distributions).values())
             target = min(target, grid_size)
-        done = len(study.get_trials(deepcopy=False, states=_finished_states()))
-        to_run = max(0, target - done)
-        log.info(f"Study {study_name!r} in {storage}: {done} finished trial(s), running {to_run} more")
+        storage = open_storage(url, self.heartbeat_interval, self.stale_after)
+        lock = StudyLock(url, study_name)
+        try:
+            with lock.hold():
+                study = self._open_study(storage, study_name, space, url)
+            log.info(f"Study {study_name!r} in {public_url(url)}: worker {self.worker} runs trials until "
+                     f"{target} are finished (heartbeat every {self.heartbeat_interval} s, stale after "
+                     f"{self.stale_after} s)")
+            with Heartbeat(study, lock, self.heartbeat_interval) as heartbeat:
+                heartbeat.fail_stale()
+                self._run_trials(study, space, target, lock, heartbeat, sweep_dir, url)
+        finally:
+            lock.close()
+        write_results(study, self.directions, sweep_dir, final=True)
 
-        launched = failed = 0
-        while launched < to_run:
-            batch = min(self.n_jobs, to_run - launched)
-            trials = [study.ask(fixed_distributions=space.distributions) for _ in range(batch)]
-            overrides = [self._trial_overrides(study, t, space, study_name, storage) for t in trials]
-            try:
-                returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
-            except BaseException:  # e.g. an override that does not compose, or Ctrl-C
-                for trial in trials:
-                    tell(study, trial, _state("FAIL"))
-                raise
-            for trial, job_return in zip(trials, returns):
-                failed += self._tell(study, trial, job_return) == _state("FAIL")
-            launched += batch
-            self._write_results(study, sweep_dir, final=False)
-            if failed / launched > self.max_failure_rate:
+    def _run_trials(self, study: optuna.Study, space: SearchSpace, target: int, lock: StudyLock,
+                    heartbeat: Heartbeat, sweep_dir: Path, url: str) -> None:
+        """Claim, launch and tell trials until the study holds ``target`` finished ones."""
+        launched = failed = streak = 0
+        waiting = False
+        while True:
+            trials = self._claim(study, space, target, lock, heartbeat)
+            if trials is None:
+                return
+            if not trials:  # other workers' running trials would complete the study: stand by
+                if not waiting:
+                    log.info("Waiting: the trials other workers run would complete the study; standing by "
+                             "in case one of them is lost")
+                waiting = True
+                time.sleep(self.heartbeat_interval)
+                continue
+            waiting = False
+            for run in consecutive_runs(trials):
+                for ended in self._launch(study, run, space, heartbeat, url):
+                    launched += 1
+                    failed += ended == trial_state("FAIL")
+                    streak = streak + 1 if ended == trial_state("FAIL") else 0
+            write_results(study, self.directions, sweep_dir, final=False)
+            if failed / launched > self.max_failure_rate or streak >= self.n_trials:
                 raise RuntimeError(
-                    f"max_failure_rate: {failed} of {launched} trials failed "
-                    f"(max_failure_rate={self.max_failure_rate}); see the errors logged above"
+                    f"{failed} of the {launched} trials this worker launched failed ({streak} in a row; "
+                    f"max_failure_rate={self.max_failure_rate}, n_trials={self.n_trials}); see the errors above"
                 )
-        self._write_results(study, sweep_dir, final=True)
 
-    def _open_study(self, storage: str, study_name: str, space: SearchSpace) -> optuna.Study:
-        """Create or resume the study; fail its stale RUNNING trials; install sampler and pruner."""
+    def _claim(self, study: optuna.Study, space: SearchSpace, target: int, lock: StudyLock,
+               heartbeat: Heartbeat) -> list[optuna.Trial] | None:
+        """Under the study lock: None once ``target`` trials are finished, else the trials this
+        worker may start now (up to ``n_jobs``; none while running trials fill the target)."""
+        with lock.hold():
+            finished, running = self._count(study)
+            if finished >= target:
+                return None
+            free = min(self.n_jobs, target - finished - running)
+            return [self._ask(study, space, heartbeat) for _ in range(max(free, 0))]
+
+    def _count(self, study: optuna.Study) -> tuple[int, int]:
+        """Finished trials, and RUNNING trials of live workers (those a sweeper beats for)."""
+        trials = study.get_trials(deepcopy=False, states=(*finished_states(), trial_state("RUNNING")))
+        running = [t for t in trials if t.state == trial_state("RUNNING")]
+        untracked = {t.number for t in running if WORKER_ATTR not in t.system_attrs} - self._untracked
+        if untracked:
+            log.warning(f"Trials {sorted(untracked)} are RUNNING but no sweeper worker runs them (started "
+                        "elsewhere, or by a sweeper without heartbeats): not counted; mark them FAIL if "
+                        "nothing runs them")
+            self._untracked |= untracked
+        return len(trials) - len(running), sum(WORKER_ATTR in t.system_attrs for t in running)
+
+    def _ask(self, study: optuna.Study, space: SearchSpace, heartbeat: Heartbeat) -> optuna.Trial:
+        """Ask for a trial (a queued retry first), sign it with this worker and start its heartbeat."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask(fixed_distributions=space.distributions)
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, self.worker)
+        heartbeat.add(trial._trial_id)
+        retry_of = storage.get_trial_system_attrs(trial._trial_id).get(RETRY_OF)
+        if retry_of is not None:
+            log.info(f"Trial {trial.number} retries the params of trial {retry_of}, lost with its worker")
+        return trial
+
+    def _launch(self, study: optuna.Study, trials: list[optuna.Trial], space: SearchSpace,
+                heartbeat: Heartbeat, url: str) -> list[optuna.trial.TrialState]:
+        """Launch trials of consecutive numbers as one batch; tell and return their states."""
+        try:
+            overrides = [self._trial_overrides(study, t, space, url) for t in trials]
+            returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+        except BaseException:  # e.g. an override that does not compose, or Ctrl-C
+            for trial in trials:
+                tell(study, trial, trial_state("FAIL"))
+                heartbeat.discard(trial._trial_id)
+            raise
+        states = []
+        for trial, job_return in zip(trials, returns):
+            states.append(self._tell(study, trial, job_return))
+            heartbeat.discard(trial._trial_id)
+        return states
+
+    def _open_study(self, storage: optuna.storages.RDBStorage, study_name: str, space: SearchSpace,
+                    url: str) -> optuna.Study:
+        """Create or load the study (under the study lock); install sampler and pruner."""
         import optuna
 
         from rtmdet_exp.sweep import PRUNER_ATTR, build_pruner
@@ -346,14 +306,12 @@ class OptunaSweeper(Sweeper):
         stored = [d.name.lower() for d in study.directions]
         if stored != self.directions:
             raise ValueError(
-                f"direction: study {study_name!r} in {storage} was created with {stored}, "
+                f"direction: study {study_name!r} in {public_url(url)} was created with {stored}, "
                 f"not {self.directions}; use another study_name or hydra.sweep.dir"
             )
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        for stale in running if self.fail_running_trials else ():
-            log.warning(f"Trial {stale.number} was left RUNNING by an earlier sweep: marking it FAIL")
-            study.tell(stale.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        study.sampler = self._make_sampler(len(study.trials), space)
+        starts = int(study.user_attrs.get(STARTS_ATTR, 0))
+        study.set_user_attr(STARTS_ATTR, starts + 1)
+        study.sampler = self._make_sampler(starts, space)
         study.set_user_attr(PRUNER_ATTR, self.pruner_config)
         if len(self.metrics) == len(self.directions):  # names the objectives in reports/dashboards
             with warnings.catch_warnings():
@@ -365,15 +323,13 @@ class OptunaSweeper(Sweeper):
         )
         return study
 
-    def _make_sampler(self, n_existing: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
-        """Build the configured sampler; on resume, offset its seed by the trials already run."""
+    def _make_sampler(self, starts: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+        """Build the configured sampler, its seed offset by the sweeper starts before this one."""
         import optuna
 
         config = dict(self.sampler_config)
-        if config.get("seed") is not None and n_existing:
-            config["seed"] = int(config["seed"]) + n_existing
-        if config.get("seed") is not None and not self.fail_running_trials:  # one of several workers
-            config["seed"] = int(config["seed"]) + os.getpid()
+        if config.get("seed") is not None:
+            config["seed"] = int(config["seed"]) + starts
         if self.is_grid:
             config["search_space"] = grid_search_space(space.distributions)
         sampler = instantiate(config, _convert_="all")
@@ -381,14 +337,8 @@ class OptunaSweeper(Sweeper):
             raise ValueError(f"sampler: {config['_target_']!r} is not an optuna sampler")
         return sampler
 
-    def _trial_overrides(
-        self,
-        study: optuna.Study,
-        trial: optuna.Trial,
-        space: SearchSpace,
-        study_name: str,
-        storage: str,
-    ) -> list[str]:
+    def _trial_overrides(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace,
+                         url: str) -> list[str]:
         """Overrides of one job: sampled params, fixed params, and the env vars naming its trial."""
         from rtmdet_exp.sweep import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
 
@@ -399,7 +349,7 @@ class OptunaSweeper(Sweeper):
             if overlap:
                 raise ValueError(f"params: {overlap} are both fixed and searched (custom_search_space)")
         except Exception:
-            tell(study, trial, _state("FAIL"))
+            tell(study, trial, trial_state("FAIL"))
             raise
         for key, value in space.fixed_values.items():
             trial.set_user_attr(key, value)
@@ -411,8 +361,8 @@ class OptunaSweeper(Sweeper):
         env = "++hydra.job.env_set"
         lines += [
             f"{env}.{ENV_TRIAL}={trial.number}",
-            f"{env}.{ENV_STUDY}={quote(study_name)}",
-            f"{env}.{ENV_STORAGE}={quote(storage)}",
+            f"{env}.{ENV_STUDY}={quote(study.study_name)}",
+            f"{env}.{ENV_STORAGE}={quote(url)}",
         ]
         return lines
 
@@ -426,84 +376,16 @@ class OptunaSweeper(Sweeper):
             # JobReturn.return_value would re-raise; the stored exception is what we need.
             error = job_return._return_value
             if isinstance(error, optuna.TrialPruned):
-                tell(study, trial, _state("PRUNED"))
                 log.info(f"Trial {trial.number} pruned: {error}")
-                return _state("PRUNED")
+                return tell(study, trial, trial_state("PRUNED"))
             exc_info = error if isinstance(error, BaseException) else None
             log.error(f"Trial {trial.number} failed: {error!r}", exc_info=exc_info)
-            tell(study, trial, _state("FAIL"))
-            return _state("FAIL")
+            return tell(study, trial, trial_state("FAIL"))
         try:
             values = objective_values(job_return.return_value, self.metrics, len(self.directions))
         except ValueError as error:
             log.error(f"Trial {trial.number} failed: {error}")
-            tell(study, trial, _state("FAIL"))
-            return _state("FAIL")
-        tell(study, trial, _state("COMPLETE"), values)
+            return tell(study, trial, trial_state("FAIL"))
         log.info(f"Trial {trial.number} finished: values {values}, params {trial.params}")
-        return _state("COMPLETE")
+        return tell(study, trial, trial_state("COMPLETE"), values)
 
-    def _write_results(self, study: optuna.Study, sweep_dir: Path, final: bool) -> None:
-        """Write the best trial (or Pareto front) to ``optimization_results.yaml``; log it if final.
-
-        Rewritten after every batch, so that a killed sweep still leaves its results.
-        """
-        counts: dict[str, int] = {}
-        for trial in study.get_trials(deepcopy=False):
-            counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": counts}
-        if len(self.directions) == 1:
-            finished = study.get_trials(deepcopy=False, states=(_state("COMPLETE"),))
-            best = study.best_trial if finished else None
-            results.update(
-                best_trial=None if best is None else best.number,
-                best_params=None if best is None else dict(best.params),
-                best_value=None if best is None else best.value,
-            )
-            if final:
-                log.info(
-                    f"Best trial: {results['best_trial']}, value {results['best_value']}, "
-                    f"params {results['best_params']}"
-                )
-        else:
-            front = study.best_trials
-            results["solutions"] = [
-                {"number": t.number, "params": dict(t.params), "values": list(t.values)} for t in front
-            ]
-            if final:
-                log.info(f"Pareto front: {len(front)} trial(s)")
-                for t in front:
-                    log.info(f"    trial {t.number}: values {t.values}, params {t.params}")
-        from rtmdet_exp.io import write_text_atomic
-
-        write_text_atomic(sweep_dir / RESULTS_FILE, yaml.safe_dump(results, sort_keys=False))
-
-
-def tell(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    state: optuna.trial.TrialState,
-    values: list[float] | None = None,
-) -> None:
-    """``study.tell`` that tolerates GridSampler ending the study once its grid is exhausted.
-
-    Optuna stores the trial's state in a ``finally`` after the sampler's ``after_trial`` hook;
-    GridSampler's hook calls ``study.stop()``, which raises outside ``study.optimize``.
-    """
-    try:
-        study.tell(trial, values=values, state=state, skip_if_finished=True)
-    except RuntimeError as error:
-        if "Study.stop" not in str(error):
-            raise
-
-
-def _state(name: str) -> optuna.trial.TrialState:
-    """``optuna.trial.TrialState[name]``, importing Optuna lazily."""
-    import optuna
-
-    return optuna.trial.TrialState[name]
-
-
-def _finished_states() -> tuple[optuna.trial.TrialState, ...]:
-    """States that count towards ``n_trials``."""
-    return (_state("COMPLETE"), _state("PRUNED"))

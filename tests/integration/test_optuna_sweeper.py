@@ -6,8 +6,11 @@ trial's params with the app's formula, and the Pareto front with a plain dominan
 """
 
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -18,11 +21,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper import (
-    objective_values,
-    parse_search_space,
-    quote,
-)
+from hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper import OptunaSweeper, consecutive_runs
+from hydra_plugins.rtmdet_optuna_sweeper.outcome import objective_values
+from hydra_plugins.rtmdet_optuna_sweeper.search_space import parse_search_space, quote
+from hydra_plugins.rtmdet_optuna_sweeper.storage import WORKER_ATTR
 from rtmdet_exp import sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,14 +92,25 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_sweep(app: Path, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def app_env() -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     for key in (sweep.ENV_TRIAL, sweep.ENV_STUDY, sweep.ENV_STORAGE):
         env.pop(key, None)
+    return env
+
+
+def run_sweep(app: Path, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "app.py", "-m", f"hydra.sweep.dir={sweep_dir}", *overrides]
-    proc = subprocess.run(cmd, cwd=app, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=app, env=app_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def start_sweep(app: Path, sweep_dir: Path, *overrides: str) -> subprocess.Popen:
+    """The same command in the background, stdout and stderr together in one pipe."""
+    cmd = [sys.executable, "app.py", "-m", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    return subprocess.Popen(cmd, cwd=app, env=app_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def sqlite_url(path: Path) -> str:
@@ -134,34 +147,108 @@ def test_sweep_writes_study_and_rerun_resumes(app: Path, tmp_path: Path) -> None
     assert results["trials"] == {"COMPLETE": 5}
 
 
-def test_failures_and_stale_trials_are_marked_fail(app: Path, tmp_path: Path) -> None:
+def app_space() -> dict:
+    """The app's search space as the sweeper builds it (x: interval(-5, 5), y: choice(a, b))."""
+    return {"x": optuna.distributions.FloatDistribution(-5.0, 5.0),
+            "y": optuna.distributions.CategoricalDistribution(["a", "b"])}
+
+
+def test_stale_trial_is_failed_and_retried_once_and_failures_are_recorded(app: Path, tmp_path: Path) -> None:
+    """A trial left RUNNING by a killed worker (its last heartbeat long ago) is failed at start and
+    its params run once more; job errors and NaN objectives are FAIL and the worker goes on until
+    n_trials trials are finished."""
     sweep_dir = tmp_path / "fail"
     sweep_dir.mkdir()
-    storage = sqlite_url(sweep_dir / "optuna.db")
+    db = sweep_dir / "optuna.db"
     name = f"app-{sweep_dir.name}"
-    # a trial left RUNNING by a "killed" earlier sweep of the same command
-    optuna.create_study(study_name=name, storage=storage, direction="maximize").ask()
+    lost = optuna.create_study(study_name=name, storage=sqlite_url(db), direction="maximize").ask(app_space())
+    storage = optuna.storages.RDBStorage(sqlite_url(db))
+    storage.set_trial_system_attr(lost._trial_id, WORKER_ATTR, "gone-host:1")
+    storage.record_heartbeat(lost._trial_id)
+    with sqlite3.connect(db) as conn:  # its worker died an hour ago
+        conn.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')")
 
-    proc = run_sweep(app, sweep_dir, "mode=fail", "model=small", "hydra.sweeper.n_trials=3")
-    study = optuna.load_study(study_name=name, storage=storage)
-    # trial 0 stale, trial 1 fine, trial 2 raises, trial 3 returns NaN; 3 launched in this run
-    assert [t.state for t in study.trials] == [FAIL, COMPLETE, FAIL, FAIL]
-    assert study.trials[1].value == pytest.approx(expected_score({**study.trials[1].params, "model": "small"}))
+    proc = run_sweep(app, sweep_dir, "mode=fail", "model=small", "hydra.sweeper.n_trials=3",
+                     "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.stale_after=30")
+    trials = optuna.load_study(study_name=name, storage=sqlite_url(db)).trials
+    # 0 lost, 1 its retry, 2 raises, 3 returns NaN, 4 and 5 complete the 3 finished trials
+    assert [t.state for t in trials] == [FAIL, COMPLETE, FAIL, FAIL, COMPLETE, COMPLETE]
+    retry = trials[1]
+    assert retry.params == trials[0].params and retry.system_attrs["failed_trial"] == 0
+    assert [t.number for t in trials if t.system_attrs.get("failed_trial") is not None] == [1]
+    for t in (trials[1], trials[4], trials[5]):
+        assert t.value == pytest.approx(expected_score({**t.params, "model": "small"}))
     log = proc.stdout + proc.stderr
     assert "boom in trial 2" in log and "not finite" in log
+    assert "Trial 0 of gone-host:1 has no heartbeat any more" in log
+    assert "Trial 1 retries the params of trial 0" in log
 
 
-def test_workers_sharing_a_study_leave_running_trials_alone(app: Path, tmp_path: Path) -> None:
-    """With fail_running_trials=false another worker's RUNNING trial survives this worker's start."""
+def test_running_trial_of_a_live_worker_counts_and_is_left_alone(app: Path, tmp_path: Path) -> None:
+    """Another worker's RUNNING trial that keeps beating counts towards n_trials: this worker runs
+    one trial of n_trials=2, then stands by (longer than stale_after) until the other one finishes."""
     sweep_dir = tmp_path / "workers"
     sweep_dir.mkdir()
-    storage = sqlite_url(sweep_dir / "optuna.db")
+    db = sweep_dir / "optuna.db"
     name = f"app-{sweep_dir.name}"
-    optuna.create_study(study_name=name, storage=storage, direction="maximize").ask()  # "other worker"
+    other = optuna.create_study(study_name=name, storage=sqlite_url(db), direction="maximize").ask(app_space())
+    storage = optuna.storages.RDBStorage(sqlite_url(db))
+    storage.set_trial_system_attr(other._trial_id, WORKER_ATTR, "other-host:1")
+    stop = threading.Event()
 
-    run_sweep(app, sweep_dir, "model=small", "hydra.sweeper.n_trials=2", "hydra.sweeper.fail_running_trials=false")
-    study = optuna.load_study(study_name=name, storage=storage)
-    assert [t.state for t in study.trials] == [RUNNING, COMPLETE, COMPLETE]
+    def beat() -> None:
+        while not stop.is_set():
+            storage.record_heartbeat(other._trial_id)
+            stop.wait(0.5)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    proc = start_sweep(app, sweep_dir, "model=small", "hydra.sweeper.n_trials=2",
+                       "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.stale_after=2")
+    try:
+        deadline = time.monotonic() + 120
+        while len(storage.get_all_trials(storage.get_study_id_from_name(name), states=(COMPLETE,))) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker's own trial did not finish"
+            time.sleep(0.1)
+        time.sleep(4)  # the worker stands by; a trial without beats would be failed by now
+        assert storage.get_trial(other._trial_id).state == RUNNING
+        optuna.load_study(study_name=name, storage=sqlite_url(db)).tell(other.number, 7.0)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        beating.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    trials = optuna.load_study(study_name=name, storage=sqlite_url(db)).trials
+    assert [t.state for t in trials] == [COMPLETE, COMPLETE] and trials[0].value == 7.0
+    assert "Waiting: the trials other workers run would complete the study" in out
+
+
+def test_consecutive_runs_and_settings_are_checked() -> None:
+    class T:
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+    runs = consecutive_runs([T(7), T(12), T(13), T(15)])  # a retry (7) popped before new trials
+    assert [[t.number for t in run] for run in runs] == [[7], [12, 13], [15]]
+    base = dict(sampler={"_target_": "optuna.samplers.RandomSampler"}, direction="maximize", storage=None,
+                study_name=None, n_trials=3, n_jobs=1, max_failure_rate=1.0, params=None,
+                custom_search_space=None, pruner=None, metric="val/mAP_best", load_if_exists=True)
+    with pytest.raises(ValueError, match="hydra.sweeper.stale_after"):
+        OptunaSweeper(**base, heartbeat_interval=10, stale_after=10)
+    with pytest.raises(ValueError, match="hydra.sweeper.heartbeat_interval"):
+        OptunaSweeper(**base, heartbeat_interval=0, stale_after=10)
+
+
+def test_grid_sampler_runs_each_point_once(app: Path, tmp_path: Path) -> None:
+    """n_trials above the grid size is capped at the 2 x 2 = 4 points, each run once."""
+    sweep_dir = tmp_path / "grid"
+    run_sweep(app, sweep_dir, "hydra/sweeper/sampler=grid", "x=choice(0.0,1.0)", "model=small",
+              "hydra.sweeper.n_trials=10")
+    trials = optuna.load_study(study_name=f"app-{sweep_dir.name}", storage=sqlite_url(sweep_dir / "optuna.db")).trials
+    assert [t.state for t in trials] == [COMPLETE] * 4
+    assert sorted((t.params["x"], t.params["y"]) for t in trials) == [(0.0, "a"), (0.0, "b"), (1.0, "a"), (1.0, "b")]
 
 
 def test_report_prunes_under_threshold_pruner(app: Path, tmp_path: Path) -> None:
