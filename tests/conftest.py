@@ -65,7 +65,7 @@ def one_thread() -> Iterator[None]:
 
 def compose(*overrides: str) -> DictConfig:
     """The project's real config with command-line style overrides."""
-    from rtmdet_exp.info import compose_config
+    from rtmdet_exp.experiment import compose as compose_config
 
     return compose_config(list(overrides))
 
@@ -164,7 +164,7 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
     wait_for(in_epoch_3, proc, what=f"{ckpt} and a record of step 9")
     proc.send_signal(signal.SIGKILL)
     code = proc.wait(timeout=60)
-    finished = (run_dir / "results.json").exists()
+    finished = '"status": "finished"' in (run_dir / "results.json").read_text()
     before = train_records(run_dir)
     resumed = run_cli([*args, "resume=true"])
     return KilledRun(run_dir, code, finished, before, resumed)

@@ -19,63 +19,36 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from rtmdet_exp.config import ConfigError, register
+from rtmdet_exp.cli.args import Option, UsageError, parse
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.transforms import LetterboxResize
-from rtmdet_exp.engine.checkpoint import load_checkpoint
-from rtmdet_exp.io import write_json_atomic
-from rtmdet_exp.models.detector import Detector
+from rtmdet_exp.atomic import write_json_atomic
+from rtmdet_exp.experiment.build import load_detector
 from rtmdet_exp.vis import draw_boxes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-OPTIONS = {"checkpoint": None, "images": None, "out": "predictions", "score_thr": 0.3, "batch_size": 8,
-           "device": "auto", "weights": "ema"}
-
-
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """``key=value`` arguments (the same style as run.py's overrides)."""
-    args = dict(OPTIONS)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in OPTIONS:
-            raise ConfigError(f"unknown argument '{item}'; valid: {', '.join(k + '=...' for k in OPTIONS)}")
-        args[key] = type(OPTIONS[key])(value) if OPTIONS[key] is not None else value
-    for key in ("checkpoint", "images"):
-        if args[key] is None:
-            raise ConfigError(f"{key}=... is required")
-    if args["weights"] not in ("ema", "model"):
-        raise ConfigError(f"weights must be ema or model, got '{args['weights']}'")
-    return args
-
-
-def load_detector(checkpoint: str | Path, weights: str = "ema") -> tuple[Detector, dict[str, Any]]:
-    """Rebuild the detector from the config saved in ``checkpoint`` and load its weights."""
-    from rtmdet_exp.train import build_detector
-
-    register()
-    payload = load_checkpoint(checkpoint)
-    extra = payload.get("extra") or {}
-    if "config" not in extra:
-        raise ConfigError(f"checkpoint {checkpoint} holds no config; it was not written by rtmdet-exp's trainer")
-    cfg = OmegaConf.create(extra["config"])
-    detector = build_detector(cfg)
-    state = payload["ema"]["module"] if weights == "ema" and payload.get("ema") else payload["model"]
-    detector.load_state_dict(state)
-    return detector.eval(), {**extra, "config": cfg}  # the DictConfig, not the plain dict stored in extra
+OPTIONS = {
+    "checkpoint": Option(None, "a checkpoint written by training (e.g. checkpoints/best.pt)", required=True),
+    "images": Option(None, "a folder of images", required=True),
+    "out": Option("predictions", "output folder"),
+    "score_thr": Option(0.3, "draw and keep detections scoring at least this", float),
+    "batch_size": Option(8, "images per forward pass", int),
+    "device": Option("auto", "auto | cpu | cuda"),
+    "weights": Option("ema", "ema | model: which weights of the checkpoint"),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        folder = Path(args["images"])
-        if not folder.is_dir():
-            raise ConfigError(f"images: '{folder}' is not a folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{folder}'")
-        detector, extra = load_detector(args["checkpoint"], args["weights"])
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
+    args, _ = parse(sys.argv[1:] if argv is None else argv, "rtmdet_exp.predict", __doc__.splitlines()[0], OPTIONS)
+    if args["weights"] not in ("ema", "model"):
+        raise UsageError(f"weights must be ema or model, got {args['weights']!r}")
+    folder = Path(args["images"])
+    if not folder.is_dir():
+        raise UsageError(f"images: '{folder}' is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{folder}'")
+    detector, extra = load_detector(args["checkpoint"], args["weights"])
     device = torch.device("cuda" if args["device"] == "auto" and torch.cuda.is_available() else
                           ("cpu" if args["device"] == "auto" else args["device"]))
     detector.to(device)

@@ -1,4 +1,4 @@
-"""What the Hydra entry does around :func:`rtmdet_exp.train.train`: readable errors, not tracebacks."""
+"""What the Hydra entry (``run.py``) does around :func:`rtmdet_exp.experiment.train.train`: messages, not tracebacks."""
 
 from __future__ import annotations
 
@@ -8,43 +8,38 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from rtmdet_exp.experiment.context import LaunchContext
+
 log = logging.getLogger("rtmdet_exp")
-
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    from rtmdet_exp.config import ConfigError
-    from rtmdet_exp.data.coco import DataError
-    from rtmdet_exp.data.validate import DatasetError
-    from rtmdet_exp.engine.checkpoint import CheckpointError
-    from rtmdet_exp.engine.trainer import NonFiniteLossError, TerminatedError
-
-    return (ConfigError, DataError, DatasetError, CheckpointError, NonFiniteLossError, TerminatedError)
-
-
-def is_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
 
 
 def run_main(cfg: DictConfig) -> dict[str, Any]:
     """Train; a known user error ends a single run with its message and exit code 2.
 
     In a multirun the error is raised instead, so the sweeper records the trial as failed and
-    goes on with the next one.
+    goes on with the next one. A single run that stops before doing anything (a refused config,
+    nothing to resume, a dry run) leaves no run folder behind.
     """
-    from rtmdet_exp.train import train
+    from rtmdet_exp.experiment.errors import user_errors
+    from rtmdet_exp.experiment.train import train
 
+    context = LaunchContext.from_hydra()
     try:
-        return train(cfg)
+        result = train(cfg, context=context)
     except user_errors() as err:
-        if is_multirun():
+        if context.multirun:
             raise
         log.error("%s: %s", type(err).__name__, err)
         print(f"error: {err}", file=sys.stderr)
+        _clean(context)
         sys.exit(2)
+    if cfg.dry_run:
+        _clean(context)
+    return result
+
+
+def _clean(context: LaunchContext) -> None:
+    from rtmdet_exp.experiment.rundir import remove_if_unused
+
+    if context.run_dir is not None and not context.multirun:
+        remove_if_unused(context.run_dir)

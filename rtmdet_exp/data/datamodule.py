@@ -1,27 +1,23 @@
 """Datasets and loaders for one run: the ``data`` config group builds a :class:`DataModule`.
 
-Determinism and resume: the training sampler yields ``(epoch, index)`` pairs instead of plain
-indices, so every DataLoader worker (persistent ones included) knows the epoch of each sample it
-makes. A sample's augmentation draws from a generator seeded by ``(seed, epoch, index)``, so the
-data of a step does not depend on the number of workers or on where a run was resumed, and the
-two-stage augmentation switch needs no loader restart.
+Training order, per-sample seeding and the exact rebuild of the Mosaic/MixUp caches after a resume
+are in :mod:`rtmdet_exp.data.sampling`; the two-stage augmentation switch needs no loader restart
+because every sample carries its epoch.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from rtmdet_exp.config import ConfigError
-from rtmdet_exp.data.coco import CocoDetection
+from rtmdet_exp.data.coco import CocoDetection, DataError
 from rtmdet_exp.data.collate import collate
+from rtmdet_exp.data.sampling import AugmentedDataset, EpochSampler
 from rtmdet_exp.data.synthetic import ensure_synthetic_dataset
 from rtmdet_exp.data.transforms import Compose, LetterboxResize
 from rtmdet_exp.data.validate import Skipped, check_split
@@ -37,58 +33,6 @@ def ignore_sigterm(worker_id: int) -> None:
     Ignoring it is safe: workers exit by themselves once the main process is gone.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class EpochSampler(Sampler):
-    """Shuffled ``(epoch, index)`` pairs for one rank, whole batches only, resumable mid-epoch.
-
-    The permutation depends on ``(seed, epoch)`` alone; ranks take interleaved shares of it.
-    ``set_epoch(epoch, start_batch)`` skips the batches a resumed run has already trained on.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if size < batch_size * world_size:
-            raise ConfigError(
-                f"data.batch_size={batch_size} x {world_size} process(es) is larger than the training set "
-                f"({size} images); lower data.batch_size"
-            )
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch, self.start_batch = 0, 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.size // (self.batch_size * self.world_size)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.size, generator=gen)
-        per_rank = self.batches_per_epoch * self.batch_size
-        mine = perm[self.rank : per_rank * self.world_size : self.world_size]  # [per_rank]
-        for index in mine[self.start_batch * self.batch_size :].tolist():
-            yield self.epoch, index
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-class AugmentedDataset(Dataset):
-    """Items are ``(epoch, index)``: the sample goes through that epoch's pipeline, seeded per sample."""
-
-    def __init__(self, dataset: CocoDetection, augment: Any, seed: int) -> None:
-        self.dataset, self.augment, self.seed = dataset, augment, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key
-        pipeline = self.augment.pipeline_for_epoch(epoch)
-        pipeline.set_rng(np.random.default_rng([self.seed, epoch, index]))
-        return pipeline(self.dataset[index])
 
 
 class DataModule:
@@ -107,7 +51,6 @@ class DataModule:
         batch_size: int,
         augment: Any,
         seed: int = 0,
-        max_epochs: int = 1,
         rank: int = 0,
         world_size: int = 1,
         name: str = "coco",
@@ -130,9 +73,9 @@ class DataModule:
         self.expected_classes = num_classes
         self.paths = {"train_json": train_json, "val_json": val_json, "train_images": train_images,
                       "val_images": val_images}
-        self.augment = augment
-        self.augment.configure(img_size=img_size, max_epochs=max_epochs)
-        self._train_loader: DataLoader | None = None
+        self.augment = augment  # configured (image size, epochs) by the caller
+        self._train_set: AugmentedDataset | None = None
+        self._train_loaders: dict[int, DataLoader] = {}  # by worker count
 
     # ------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -151,9 +94,9 @@ class DataModule:
                 self.paths[key] = self.paths[key] or str(made[key])
         for key, value in self.paths.items():
             if value is None:
-                raise ConfigError(f"data.{key} is not set; point it at your dataset (see conf/data/coco.yaml)")
+                raise DataError(f"data.{key} is not set; point it at your dataset (see conf/data/coco.yaml)")
             if not Path(value).exists():
-                raise ConfigError(f"data.{key}: '{value}' does not exist")
+                raise DataError(f"data.{key}: '{value}' does not exist")
         if self.validate:
             skip = self.on_error == "skip"
             self.skip_train = check_split(self.paths["train_json"], self.paths["train_images"], skip, "train")
@@ -167,11 +110,14 @@ class DataModule:
                                      pipeline=Compose([LetterboxResize(self.img_size)]),
                                      exclude_ids=self.skip_val.image_ids, exclude_ann_ids=self.skip_val.ann_ids)
         if self.train_set.class_names != self.val_set.class_names:
-            raise ConfigError(
+            raise DataError(
                 f"data.train_json and data.val_json list different categories: "
                 f"{self.train_set.class_names} vs {self.val_set.class_names}"
             )
-        self.sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, self.rank, self.world_size)
+        try:
+            self.sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, self.rank, self.world_size)
+        except ValueError as err:
+            raise DataError(str(err)) from err
 
     # --------------------------------------------------------------------------- properties
     @property
@@ -191,6 +137,11 @@ class DataModule:
         return self.val_set.coco
 
     @property
+    def val_annotation_file(self) -> str:
+        """Absolute path of the validation annotations (what the run's val detections refer to)."""
+        return str(Path(self.paths["val_json"]).resolve())
+
+    @property
     def steps_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
@@ -199,28 +150,31 @@ class DataModule:
         """First epoch (0-based) of the weak-augmentation stage; None for one-stage pipelines."""
         return self.augment.switch_epoch
 
-    def stage_of(self, epoch: int) -> int:
-        return 2 if self.switch_epoch is not None and epoch >= self.switch_epoch else 1
-
     # ------------------------------------------------------------------------------ loaders
-    def train_loader(self, epoch: int, start_batch: int = 0) -> DataLoader:
-        """The training loader positioned at ``(epoch, start_batch)``; built once, workers persist."""
+    def train_loader(self, epoch: int, start_batch: int = 0, in_process: bool = False) -> DataLoader:
+        """The training loader positioned at ``(epoch, start_batch)``; built once, workers persist.
+
+        ``in_process=True`` gives a loader without worker processes that makes the same batches
+        (same cache lanes), for tools that look at the training data.
+        """
         self.sampler.set_epoch(epoch, start_batch)
-        if self._train_loader is None:
-            dataset = AugmentedDataset(self.train_set, self.augment, self.seed)
-            self._train_loader = DataLoader(
-                dataset,
+        workers = 0 if in_process else self.num_workers
+        if workers not in self._train_loaders:
+            if self._train_set is None:
+                self._train_set = AugmentedDataset(self.train_set, self.augment, self.sampler, lanes=self.num_workers)
+            self._train_loaders[workers] = DataLoader(
+                self._train_set,
                 batch_size=self.batch_size,
                 sampler=self.sampler,
-                num_workers=self.num_workers,
+                num_workers=workers,
                 collate_fn=collate,
                 pin_memory=self.pin_memory,
                 drop_last=True,
-                persistent_workers=self.num_workers > 0,
-                prefetch_factor=4 if self.num_workers > 0 else None,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
                 worker_init_fn=ignore_sigterm,
             )
-        return self._train_loader
+        return self._train_loaders[workers]
 
     def val_loader(self) -> DataLoader:
         """Validation loader in a fixed order (letterboxed to ``img_size``)."""
@@ -233,8 +187,3 @@ class DataModule:
             pin_memory=self.pin_memory,
             worker_init_fn=ignore_sigterm,
         )
-
-    def describe(self) -> str:
-        return (f"{self.name}: {len(self.train_set)} train / {len(self.val_set)} val images, "
-                f"{self.num_classes} classes, {self.img_size} px, batch {self.batch_size}")
-

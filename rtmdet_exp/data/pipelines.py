@@ -29,40 +29,24 @@ Presets
 ``conf/augment/*.yaml`` target :class:`Augment`: named transform nodes (``mosaic``, ``random_resize``,
 ``crop``, ``hsv``, ``flip``, ``pad``, ``mixup``, ...), each a ``_target_`` node for one transform class
 (``null`` disables it), and the lists ``stage1`` / ``stage2`` naming them in order.
-:meth:`Augment.configure` (or :func:`build_pipelines` from a raw node) makes the :class:`TwoStagePipeline`
+:meth:`Augment.configure` makes the :class:`TwoStagePipeline`
 with ``switch_epoch = max_epochs - stage2_epochs`` (derived, never written in a config). Sizes use
-``${data.img_size}``; ``${rtmdet.mul:a,b}`` (registered on import of this module) multiplies.
+``${data.img_size}``; ``${rtmdet.mul:a,b}`` multiplies (a resolver of the experiment layer).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from rtmdet_exp.data.transforms import Compose, LetterboxResize, Pad, Sample
 
-__all__ = ["Augment", "TwoStagePipeline", "build_pipelines", "register_resolvers", "seed_worker"]
-
-MUL_RESOLVER = "rtmdet.mul"
-
-
-def register_resolvers() -> None:
-    """Register ``${rtmdet.mul:a,b}`` (integer product) used by the presets, e.g. ``2 * data.img_size``.
-
-    Called on import of this module; resolve the config only after importing it.
-    """
-    if not OmegaConf.has_resolver(MUL_RESOLVER):
-        OmegaConf.register_new_resolver(MUL_RESOLVER, lambda a, b: int(round(float(a) * float(b))))
-
-
-register_resolvers()
-
+__all__ = ["Augment", "TwoStagePipeline", "seed_worker"]
 
 def seed_worker(base_seed: int, epoch: int, worker_id: int) -> np.random.Generator:
     """A generator that depends only on ``(base_seed, epoch, worker_id)``, all ints >= 0.
@@ -167,15 +151,6 @@ class TwoStagePipeline:
         )
 
 
-def _instantiate_step(name: str, node: Mapping[str, Any]) -> Any:
-    """Build one transform from its ``_target_`` node, handing plain containers to the constructor."""
-    from hydra.utils import instantiate
-
-    if "_target_" not in node:
-        raise ValueError(f"augment.{name} needs a _target_ (the transform class), got keys {sorted(node)}")
-    return instantiate({**node, "_convert_": "all"})
-
-
 class Augment:
     """The ``augment`` config group, built: named transforms plus the stage lists that order them.
 
@@ -271,29 +246,14 @@ class Augment:
         """The stage pipeline used at ``epoch`` (for loaders that carry the epoch with each index)."""
         return self.pipeline.pipeline_for_epoch(epoch)
 
+    def reset(self) -> None:
+        """Clear the Mosaic/MixUp caches of both stages."""
+        for stage in (self.stage1, self.stage2):
+            if stage is not None:
+                stage.reset()
+
     def __repr__(self) -> str:
         return (
             f"Augment(name={self.name!r}, stage2_epochs={self.stage2_epochs}, "
             f"stage1={self.stage1!r}, stage2={self.stage2!r})"
         )
-
-
-def build_pipelines(
-    aug_cfg: Mapping[str, Any] | DictConfig, img_size: int, max_epochs: int, seed: int = 0
-) -> TwoStagePipeline:
-    """Build the :class:`TwoStagePipeline` of an ``augment`` preset without going through the group's
-    top-level ``_target_``: ``aug_cfg`` is the node (a DictConfig, resolved here, or a resolved dict)."""
-    if isinstance(aug_cfg, DictConfig):
-        cfg = OmegaConf.to_container(aug_cfg, resolve=True)
-    elif isinstance(aug_cfg, Mapping):
-        cfg = dict(aug_cfg)
-    else:
-        raise ValueError(f"aug_cfg must be a mapping (the augment config node), got {type(aug_cfg).__name__}")
-    if "stage1" not in cfg:
-        raise ValueError(f"augment needs a stage1 list of transform names; keys: {sorted(cfg)}")
-    kwargs = {
-        str(k): _instantiate_step(str(k), v) if isinstance(v, Mapping) else v
-        for k, v in cfg.items()
-        if not str(k).startswith("_")
-    }
-    return Augment(**kwargs).configure(img_size, max_epochs, seed=seed)

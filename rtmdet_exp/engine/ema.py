@@ -66,24 +66,43 @@ class ModelEMA:
         self._other_names = [n for n, t in tensors.items() if not t.is_floating_point()]
         self._float_avg = [tensors[n] for n in self._float_names]
         self._other_avg = [tensors[n] for n in self._other_names]
+        self._source_of: nn.Module | None = None  # the model whose tensor lists are cached below
+        self._float_src: list[Tensor] = []
+        self._other_src: list[Tensor] = []
 
     def momentum_at(self, t: int) -> float:
         """Interpolation weight ``m_t`` of update number ``t`` (only used for ``t >= 1``)."""
         return (1.0 - self.momentum) * math.exp(-(1.0 + t) / self.gamma) + self.momentum
 
+    def _sources(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+        """The model's tensors in the order of the averaged ones (looked up once per model object)."""
+        bare = unwrap_model(model)
+        if self._source_of is not bare:
+            src = _named_tensors(bare)
+            missing = [n for n in self._float_names + self._other_names if n not in src]
+            if missing:
+                raise ValueError(f"model lacks tensors present in the EMA copy: {missing[:5]}")
+            # the Parameter/buffer objects themselves: in-place optimiser updates show through them
+            # (moving the model to another device or layout afterwards needs a new ModelEMA)
+            self._float_src = [src[n] for n in self._float_names]
+            self._other_src = [src[n] for n in self._other_names]
+            self._source_of = bare
+        return self._float_src, self._other_src
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the current weights of ``model`` (same architecture) into the average."""
-        src = _named_tensors(unwrap_model(model))
-        missing = [n for n in self._float_names + self._other_names if n not in src]
-        if missing:
-            raise ValueError(f"model lacks tensors present in the EMA copy: {missing[:5]}")
-        float_src = [src[n].detach() for n in self._float_names]
-        other_src = [src[n].detach() for n in self._other_names]
+    def update(self, model: nn.Module, skip: Tensor | None = None) -> None:
+        """Fold the current weights of ``model`` (same architecture) into the average.
+
+        ``skip`` is an optional 0-d tensor on the model's device, 1 when the optimiser skipped this
+        step (non-finite gradients): the average then stays as it is, without a host sync.
+        """
+        float_src, other_src = self._sources(model)
         if self.steps == 0:
             torch._foreach_copy_(self._float_avg, float_src)
-        else:
+        elif skip is None:
             torch._foreach_lerp_(self._float_avg, float_src, self.momentum_at(self.steps))
+        else:
+            torch._foreach_lerp_(self._float_avg, float_src, (1.0 - skip) * self.momentum_at(self.steps))
         if self._other_avg:
             torch._foreach_copy_(self._other_avg, other_src)
         self.steps += 1

@@ -54,27 +54,20 @@ def _jsonable(value: Any) -> Any:
 
 
 class JsonlLogger(Logger):
-    """Appends one JSON object per ``log_metrics`` call to ``metrics.jsonl`` in the run folder.
+    """Appends one JSON object per ``log_metrics`` call to a ``.jsonl`` file (the run's metrics.jsonl).
 
     Each line is flushed and fsynced, so a killed run keeps every record written before the kill.
-    On resume, records beyond the resumed step are dropped first, so the file never holds a
-    step twice, and so is a line cut short by a crash or a full disk.
+    On resume, records after the resumed step are dropped first (and the resumed step's validation
+    records too when that validation is run again), so the file never holds a step twice; a line cut
+    short by a crash or a full disk is dropped as well.
     """
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, path: Path, resume_step: int | None = None, redo_validation: bool = False) -> None:
+        self.path = Path(path)
         if resume_step is not None and self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("%s: dropping a damaged line (cut short by a crash?): %.80s", self.path, line)
-                    continue
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
+            kept = [line for line, record in _records(self.path)
+                    if record.get("step", 0) < resume_step
+                    or (record.get("step", 0) == resume_step and not (redo_validation and _is_validation(record)))]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
@@ -88,6 +81,26 @@ class JsonlLogger(Logger):
 
     def finish(self, summary: dict[str, Any], failed: bool = False) -> None:
         self._file.close()
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) pairs of a jsonl file; damaged lines are dropped with a warning."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s: dropping a damaged line (cut short by a crash?): %.80s", path, line)
+            continue
+        if isinstance(record, dict):
+            out.append((line, record))
+    return out
+
+
+def _is_validation(record: dict[str, Any]) -> bool:
+    return any(str(k).startswith("val/") for k in record)
 
 
 class WandbLogger(Logger):

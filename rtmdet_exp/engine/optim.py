@@ -14,68 +14,96 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-OPTIMIZERS = ("adamw", "sgd")
 NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split ``model``'s parameters into a decayed group and a non-decayed one.
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float = 1.0) -> list[dict]:
+    """Split ``model``'s parameters into groups by weight decay and (optionally) by backbone.
 
     Parameters of norm layers (batch/instance norm, GroupNorm, LayerNorm) and every parameter
     named ``bias`` get no weight decay; all others (conv and linear weights) get ``weight_decay``.
-    Each parameter appears once, de-duplicated by identity, even when a module or a tensor is
-    shared by several parents. Empty groups are left out. Each group carries a ``name`` key
-    (``"decay"`` / ``"no_decay"``) for logging; torch optimisers keep extra keys untouched.
+    With ``backbone_lr_mult != 1``, parameters under a module named ``backbone`` form groups of their
+    own whose ``lr_mult`` is that factor (applied by :func:`_optimizer_groups`). Each parameter appears
+    once, de-duplicated by identity, even when a module or a tensor is shared by several parents.
+    Frozen parameters (``requires_grad=False``) are left out. Empty groups are dropped. Each group
+    carries a ``name`` key for logging; torch optimisers keep extra keys untouched.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if backbone_lr_mult <= 0:
+        raise ValueError(f"backbone_lr_mult must be > 0, got {backbone_lr_mult}")
+    split_backbone = backbone_lr_mult != 1.0
     seen: set[int] = set()
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for module in model.modules():
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for module_name, module in model.named_modules():
         is_norm = isinstance(module, NORM_TYPES)
+        in_backbone = split_backbone and "backbone" in module_name.split(".")
         for name, param in module.named_parameters(recurse=False):
-            if id(param) in seen:
+            if id(param) in seen or not param.requires_grad:
                 continue
             seen.add(id(param))
-            if is_norm or name == "bias":
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups = [
-        {"name": "decay", "params": decay, "weight_decay": weight_decay},
-        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+            decays = not (is_norm or name == "bias")
+            buckets.setdefault((in_backbone, decays), []).append(param)
+    groups = []
+    for (in_backbone, decays), params in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        name = ("backbone_" if in_backbone else "") + ("decay" if decays else "no_decay")
+        groups.append({"name": name, "params": params, "weight_decay": weight_decay if decays else 0.0,
+                       "lr_mult": backbone_lr_mult if in_backbone else 1.0})
+    return groups
 
 
-def build_optimizer(
+def _optimizer_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
+    """:func:`param_groups` with each group's ``lr`` set to ``lr * lr_mult``."""
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    groups = param_groups(model, weight_decay, backbone_lr_mult)
+    if not groups:
+        raise ValueError("model has no trainable parameters to optimise")
+    for group in groups:
+        group["lr"] = lr * group["lr_mult"]
+    return groups
+
+
+def _fused_ok(model: nn.Module) -> bool:
+    """Fused kernels (one launch for all tensors, on-device step skipping) need float params on CPU/CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def adamw(
     model: nn.Module,
-    name: str = "adamw",
     lr: float = 0.004,
     weight_decay: float = 0.05,
     betas: Sequence[float] = (0.9, 0.999),
-    momentum: float = 0.9,
-) -> torch.optim.Optimizer:
-    """Build ``adamw`` (the recipe) or ``sgd`` (with momentum) over :func:`param_groups`.
+    backbone_lr_mult: float = 1.0,
+) -> torch.optim.AdamW:
+    """AdamW (the recipe) over :func:`param_groups`, fused where possible.
 
-    ``lr`` is used as given: scale it for the actual batch with :func:`scale_lr` first.
-    ``betas`` only concern AdamW and ``momentum`` only SGD.
+    ``lr`` is used as given: the experiment layer scales it to the total batch first.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"name must be one of {OPTIMIZERS}, got {name!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"betas must be two values in [0, 1), got {tuple(betas)}")
+    groups = _optimizer_groups(model, lr, weight_decay, backbone_lr_mult)
+    return torch.optim.AdamW(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay,
+                             fused=_fused_ok(model))
+
+
+def sgd(
+    model: nn.Module,
+    lr: float = 0.01,
+    weight_decay: float = 0.0005,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    backbone_lr_mult: float = 1.0,
+) -> torch.optim.SGD:
+    """SGD with momentum over :func:`param_groups` (L2 weight decay), fused where possible."""
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-    groups = param_groups(model, weight_decay)
-    if not groups:
-        raise ValueError("model has no parameters to optimise")
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), weight_decay=weight_decay)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov needs momentum > 0")
+    groups = _optimizer_groups(model, lr, weight_decay, backbone_lr_mult)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                           fused=_fused_ok(model))
 
 
 def scale_lr(base_lr: float, base_batch: int, batch: int) -> float:

@@ -84,51 +84,10 @@ class FlatCosineSchedule:
         return warm * main
 
 
-def lr_factor(
-    it: int,
-    total_iters: int,
-    warmup_iters: int = 1000,
-    flat_iters: int | None = None,
-    flat_fraction: float | None = None,
-    min_ratio: float = 0.05,
-    warmup_start: float = 1e-5,
-    kind: str = "flat_cosine",
-) -> float:
-    """One-off evaluation of :class:`FlatCosineSchedule` (same arguments) at iteration ``it``."""
-    schedule = FlatCosineSchedule(
-        total_iters=total_iters,
-        warmup_iters=warmup_iters,
-        flat_iters=flat_iters,
-        flat_fraction=flat_fraction,
-        min_ratio=min_ratio,
-        warmup_start=warmup_start,
-        kind=kind,
-    )
-    return schedule(it)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    total_iters: int,
-    warmup_iters: int = 1000,
-    flat_iters: int | None = None,
-    flat_fraction: float | None = None,
-    min_ratio: float = 0.05,
-    warmup_start: float = 1e-5,
-    kind: str = "flat_cosine",
-) -> LambdaLR:
-    """A ``LambdaLR`` over :class:`FlatCosineSchedule`, to be stepped once per iteration.
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: FlatCosineSchedule) -> LambdaLR:
+    """A ``LambdaLR`` over ``schedule``, to be stepped once per iteration.
 
     Call ``scheduler.step()`` after each ``optimizer.step()``: iteration ``i`` then trains with
-    ``lr * factor(i)``. Every param group is scaled by the same factor.
+    ``lr * schedule(i)``. Every param group is scaled by the same factor (their ratios stay).
     """
-    schedule = FlatCosineSchedule(
-        total_iters=total_iters,
-        warmup_iters=warmup_iters,
-        flat_iters=flat_iters,
-        flat_fraction=flat_fraction,
-        min_ratio=min_ratio,
-        warmup_start=warmup_start,
-        kind=kind,
-    )
     return LambdaLR(optimizer, lr_lambda=schedule)

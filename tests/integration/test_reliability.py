@@ -35,12 +35,13 @@ from conftest import (
     wait_for,
 )
 
-from rtmdet_exp.config import ConfigError
+from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.engine import checkpoint as ckpt_module
 from rtmdet_exp.engine.checkpoint import CheckpointError
-from rtmdet_exp.engine.trainer import NonFiniteLossError
+from rtmdet_exp.engine.loop import NonFiniteLossError
 from rtmdet_exp.models.detector import Detector
-from rtmdet_exp.train import train
+from rtmdet_exp.experiment.rundir import RunFolderError
+from rtmdet_exp.experiment.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,7 +131,7 @@ def test_sigterm_saves_an_interrupt_checkpoint_and_resume_continues_from_it(
     state = load_ckpt(interrupt)["state"]
     assert 1 <= state["batch_in_epoch"] <= STEPS_PER_EPOCH and state["step"] < 3 * STEPS_PER_EPOCH
     assert state["step"] == state["epoch"] * STEPS_PER_EPOCH + state["batch_in_epoch"]
-    assert not (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "interrupted"
 
     caplog.set_level(logging.INFO, logger="rtmdet_exp")
     train(compose(*REPRO, "resume=true"), run_dir=run_dir)
@@ -202,34 +203,34 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_stops(
     assert sorted(p.name for p in ckpts.iterdir()) == ["best.pt", "epoch_0001.pt"]  # no temp file left
     state = load_ckpt(ckpts / "epoch_0001.pt")["state"]
     assert (state["epoch"], state["step"]) == (1, STEPS_PER_EPOCH)
-    assert not (run_dir / "results.json").exists()
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed" and "ENOSPC" in record["error"]
 
 
 # ------------------------------------------------------------------------------ non-finite loss
 def test_nan_loss_stops_after_max_bad_steps_naming_step_terms_and_lr(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """NaN from step 6 on with max_bad_steps=3: steps 6 and 7 are skipped, step 8 stops the run
-    with NonFiniteLossError naming the step, the loss terms and the lr; epoch 1's checkpoint (the
-    last good one) is intact, loadable and finite."""
+    """NaN from step 6 on with max_bad_steps=3: steps 6 and 7 are skipped, step 8 (the third in a row)
+    stops the run with NonFiniteLossError naming the step, the loss terms and the lr; epoch 1's
+    checkpoint (the last good one) is intact, loadable and finite."""
     nan_loss_on_calls(monkeypatch, first=6)
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as err:
         train(compose(*TINY, "trainer.max_epochs=3", "trainer.max_bad_steps=3"), run_dir=run_dir)
     message = str(err.value)
     records = {r["step"]: r for r in train_records(run_dir)}
-    assert sorted(records) == [1, 2, 3, 4, 5, 6, 7]  # step 8 raised before its record
-    assert records[6]["train/loss"] == "nan" and records[7]["train/loss"] == "nan"
-    lr = records[7]["train/lr"]  # skipped steps do not advance the schedule: step 8 used this lr too
+    assert sorted(records) == [1, 2, 3, 4, 5, 6, 7, 8]  # debug=fast logs every step; step 8's record, then the stop
+    assert all(records[s]["train/loss"] == "nan" for s in (6, 7, 8))
     assert "step 8" in message and "loss_cls=nan" in message and "loss_bbox=" in message
-    assert f"lr {lr:.4g}" in message
+    assert f"lr {records[8]['train/lr']:.4g}" in message
 
     ckpts = run_dir / "checkpoints"
     assert not (ckpts / "epoch_0002.pt").exists()
     good = load_ckpt(ckpts / "epoch_0001.pt")
     assert good["state"]["step"] == STEPS_PER_EPOCH and good["state"]["skipped_steps"] == 0
     assert all(torch.isfinite(t).all() for t in good["model"].values() if t.is_floating_point())
-    assert not (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "failed"
 
 
 def test_an_isolated_nan_step_is_skipped_and_counted(
@@ -242,7 +243,7 @@ def test_an_isolated_nan_step_is_skipped_and_counted(
     train(compose(*TINY, "trainer.max_epochs=3"), run_dir=run_dir)
     metrics = json.loads((run_dir / "results.json").read_text())["metrics"]
     assert metrics["perf/skipped_steps"] == 1 and metrics["steps"] == 3 * STEPS_PER_EPOCH
-    assert any("non-finite step 6 skipped" in r.getMessage() for r in caplog.records)
+    assert any("skipped, the last at step 6" in r.getMessage() for r in caplog.records)
     final = load_ckpt(run_dir / "checkpoints" / "epoch_0003.pt")
     assert all(torch.isfinite(t).all() for t in final["model"].values() if t.is_floating_point())
 
@@ -328,7 +329,7 @@ def test_a_new_run_never_writes_into_the_folder_of_another_run(uninterrupted_run
     cases = [(finished, REPRO), (finished, (*REPRO, "optim.lr=0.01")), (unfinished, (*REPRO, "optim.lr=0.01"))]
     for run_dir, overrides in cases:
         before = snapshot(run_dir)
-        with pytest.raises(ConfigError) as err:
+        with pytest.raises((ConfigError, RunFolderError)) as err:
             train(compose(*overrides), run_dir=run_dir)
         assert str(run_dir) in str(err.value) and "resume=true" in str(err.value)
         assert snapshot(run_dir) == before
@@ -360,7 +361,7 @@ def test_results_json_is_written_atomically(
     finished = tmp_path / "finished"
     shutil.copytree(uninterrupted_run, finished)
     old = (finished / "results.json").read_bytes()
-    with pytest.raises(OSError):
-        train(compose(*REPRO, "resume=true"), run_dir=finished)  # resumes at the end, evaluates, writes
+    with pytest.raises(OSError):  # a finished run extended by one epoch: results.json is rewritten at its start
+        train(compose(*REPRO, "resume=true", "trainer.max_epochs=4"), run_dir=finished)
     assert (finished / "results.json").read_bytes() == old
     assert [p.name for p in finished.iterdir() if p.name.startswith((".results", "results"))] == ["results.json"]

@@ -32,9 +32,9 @@ from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper import parse_search_space
-from rtmdet_exp.config import CONF_DIR, instantiate, register
-from rtmdet_exp.report import load_runs, summarize
-from rtmdet_exp.train import build_detector
+from rtmdet_exp.analysis import load_runs, summarize
+from rtmdet_exp.experiment import CONF_DIR, register
+from rtmdet_exp.experiment.build import build_detector, instantiate
 
 STUDY_DIR = REPO / "sweeps" / "study"
 WANDB_DIR = REPO / "sweeps" / "wandb"
@@ -138,8 +138,8 @@ def compose_run(*overrides: str) -> DictConfig:
 
 def experiment(cfg: DictConfig) -> str:
     """The resolved experiment sections of a config as sorted JSON (comparable across configs)."""
-    sections = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in SECTIONS}
+    sections = {k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg[k])
+                else cfg[k] for k in SECTIONS}
     return json.dumps(sections, sort_keys=True)
 
 
@@ -181,7 +181,7 @@ def test_grid_study_runs_every_setting_with_three_seeds(study: str) -> None:
 @pytest.mark.parametrize("study", sorted([*GRID_SETTINGS, *OPTUNA_STUDIES]))
 def test_study_sweep_dir_is_named_after_the_study(study: str) -> None:
     cfg = compose_run(f"+study={study}")
-    assert re.fullmatch(rf"multirun/{study}/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d", str(cfg.hydra.sweep.dir))
+    assert re.fullmatch(rf"multirun/{study}/\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d-\d\d", str(cfg.hydra.sweep.dir))
 
 
 @pytest.mark.parametrize(
@@ -265,7 +265,7 @@ def test_augmentation_strategies_match_paper_rows() -> None:
 
 def test_study_key_is_not_an_experiment_axis() -> None:
     """``+study=X`` selects the sweep; it must not name settings, folders or W&B tags."""
-    from rtmdet_exp.report import setting_of
+    from rtmdet_exp.analysis import setting_of
 
     assert setting_of(["+study=kernel_size", "kernel=k3", "seed=1"]) == "kernel=k3"
     cfg = compose_run("+study=kernel_size")
@@ -497,8 +497,9 @@ def test_optuna_study_runs_three_real_trials(tmp_path: Path) -> None:
     import optuna
 
     sweep_dir = tmp_path / "hparams_lr_wd"
-    proc = run_cli(["-m", "+study=hparams_lr_wd", "hydra.sweeper.n_trials=3", *TINY_SWEEP,
-                    f"hydra.sweep.dir={sweep_dir}"])
+    # two epochs validated each: an intermediate value at epoch 1 for the median pruner
+    proc = run_cli(["-m", "+study=hparams_lr_wd", "hydra.sweeper.n_trials=3", *TINY_SWEEP, "trainer.max_epochs=2",
+                    "trainer.val_interval=1", "hydra.sweeper.pruner.n_warmup_steps=1", f"hydra.sweep.dir={sweep_dir}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
     (name,) = optuna.get_all_study_names(storage)

@@ -32,7 +32,7 @@ from conftest import (
     train_records,
 )
 
-from rtmdet_exp.train import train
+from rtmdet_exp.experiment.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,6 @@
 """RTMDet network parts: shapes, parameter/MAC counts against the spec, init, head sharing, validation.
 
-Models are composed from the real ``conf/model/*.yaml`` files. Parameter and MAC checks build the
+Models are built from the variant table's config nodes (what ``model=rtmdet_<variant>`` composes). Parameter and MAC checks build the
 models on the ``meta`` device (shape-only, no memory, instant), so all five variants stay fast; the
 reference numbers are the spec's independently computed counts (spec section 0 and 5) and deltas
 derived by hand from the module structure.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from pathlib import Path
 from typing import Any
 
 import hydra.utils
@@ -27,8 +26,8 @@ from rtmdet_exp.models.complexity import breakdown, count_macs, count_params
 from rtmdet_exp.models.head import RTMDetHead
 from rtmdet_exp.models.neck import CSPNeXtPAFPN
 from rtmdet_exp.models.network import RTMDetNet
+from rtmdet_exp.models.variants import model_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 VARIANTS = ("tiny", "s", "m", "l", "x")
 
 # Spec table 0: stem channels, stage (out channels, blocks), neck out / csp blocks, params (M), MACs (G).
@@ -42,12 +41,9 @@ SPEC = {
 
 
 def build(variant: str, num_classes: int = 80, meta: bool = True, **overrides: Any) -> RTMDetNet:
-    """Compose ``conf/model/rtmdet_<variant>.yaml`` as Hydra would (under ``model``, next to ``data``)."""
-    cfg = OmegaConf.merge(
-        {"model": OmegaConf.load(CONF / f"rtmdet_{variant}.yaml")},
-        {"data": {"num_classes": num_classes}},
-        {"model": overrides},
-    )
+    """The ``model=rtmdet_<variant>`` node (the variant table's row) merged as Hydra would, then built."""
+    node = {k: v for k, v in model_config(variant).items() if k not in ("variant", "init_from")}
+    cfg = OmegaConf.merge({"model": node}, {"data": {"num_classes": num_classes}}, {"model": overrides})
     with torch.device("meta") if meta else contextlib.nullcontext():
         return hydra.utils.instantiate(cfg.model)
 

@@ -18,7 +18,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rtmdet_exp.data.pipelines import Augment, TwoStagePipeline, build_pipelines, seed_worker
+from rtmdet_exp.data.pipelines import Augment, TwoStagePipeline, seed_worker
+from rtmdet_exp.experiment import compose
+from rtmdet_exp.experiment.build import instantiate, plain
 from rtmdet_exp.data.transforms import (
     CachedMixUp,
     CachedMosaic,
@@ -375,12 +377,16 @@ def test_bad_arguments_name_the_argument(make, arg: str) -> None:
 
 
 def preset(name: str, img_size: int, **overrides) -> dict:
-    """A conf/augment preset resolved against a minimal ``data`` node, as a plain dict."""
-    node = OmegaConf.load(REPO_CONF / "augment" / f"{name}.yaml")
-    root = OmegaConf.create({"data": {"img_size": img_size}, "augment": node})
+    """A conf/augment preset of the composed project config (RTMDet-s values), as a plain dict."""
+    root = compose([f"augment={name}", "model=rtmdet_s", f"data.img_size={img_size}"])
     for key, value in overrides.items():
         OmegaConf.update(root, f"augment.{key}", value, force_add=True)
-    return OmegaConf.to_container(root.augment, resolve=True)
+    return plain(root.augment)
+
+
+def build_pipelines(cfg: dict, img_size: int, max_epochs: int, seed: int = 0) -> TwoStagePipeline:
+    """The preset's Augment, built the way a run builds it, configured for a run."""
+    return instantiate(cfg, "augment").configure(img_size, max_epochs, seed=seed)
 
 
 def test_presets_scale_with_img_size() -> None:
@@ -542,10 +548,11 @@ def test_seed_worker_streams() -> None:
 
 
 def test_draw_grid_draws_boxes() -> None:
-    from rtmdet_exp.data.preview import draw_grid
+    from rtmdet_exp.cli.preview import draw_grid
 
     samples = [make_sample(40, 60, [(5, 5, 30, 30, 0)]), make_sample(40, 60, [(10, 10, 50, 35, 1)])]
-    grid = draw_grid(samples, class_names=[f"c{i}" for i in range(10)])
+    grid = draw_grid([s["img"] for s in samples], [s["boxes"] for s in samples], [s["labels"] for s in samples],
+                     class_names=[f"c{i}" for i in range(10)])
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
     assert grid.shape[0] >= 40 and grid.shape[1] >= 120
     assert not np.array_equal(grid[:40, :60], samples[0]["img"])  # a box outline was drawn

@@ -1,0 +1,336 @@
+"""The training loop: epochs of steps, checkpoints, validation and resume, with loggers as subscribers.
+
+It knows nothing of configs, files names or Optuna: the experiment layer hands in built objects,
+a :class:`LoopSettings`, a checkpoint store (where and under which names checkpoints go) and
+callbacks (what happens with a validation's result). Faults a long sweep meets are handled here:
+non-finite steps are skipped and counted (the run stops after ``max_bad_steps`` in a row), SIGTERM
+saves a resumable checkpoint before exiting, an epoch's checkpoint is written *before* its
+validation so that a crash there loses no training, and a failing logger is switched off with a
+warning instead of ending the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from rtmdet_exp.engine.checkpoint import capture_rng_state, restore_rng_state
+from rtmdet_exp.engine.ema import ModelEMA, unwrap_model
+from rtmdet_exp.engine.loggers import Logger
+from rtmdet_exp.engine.progress import EpochProgress
+from rtmdet_exp.engine.step import StepTimer, TrainStep
+from rtmdet_exp.engine.validation import ValidationResult
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive steps with a NaN/inf loss or gradient."""
+
+
+class TerminatedError(RuntimeError):
+    """Raised after SIGTERM once a resumable checkpoint is on disk."""
+
+
+class ValidationFailedError(RuntimeError):
+    """Validation raised after the epoch's checkpoint was written; the message says how to resume."""
+
+
+@dataclass
+class LoopSettings:
+    """What the loop needs to know about the run (built from the config by the experiment layer)."""
+
+    max_epochs: int
+    val_interval: int = 10
+    stage2_val_interval: int = 1
+    log_interval: int = 10
+    checkpoint_interval: int = 1
+    checkpoint_interval_steps: int | None = None
+    max_bad_steps: int = 5
+    grad_clip: float | None = None
+    limit_train_batches: int | None = None
+    switch_epoch: int | None = None  # first 0-based epoch of the weak-augmentation stage
+
+
+@dataclass
+class FitState:
+    """What a checkpoint must carry to continue a run exactly."""
+
+    epoch: int = 0  # epochs finished
+    batch_in_epoch: int = 0  # batches of the current epoch already trained
+    step: int = 0  # optimiser steps so far
+    bad_steps: int = 0  # consecutive non-finite steps
+    skipped_steps: int = 0  # non-finite steps skipped in total
+    best_map: float = -1.0  # best val/mAP so far
+    best_epoch: int = -1  # epoch (1-based) of best_map
+    train_time_s: float = 0.0  # training wall time so far, resumes included
+    images_seen: int = 0  # training images so far (all ranks)
+    pending_validation: bool = False  # the checkpointed epoch's validation had not finished
+
+
+class CheckpointStore(Protocol):
+    """Where checkpoints go: ``save(kind, payload, epoch, step)`` with kind epoch|step|interrupt|best."""
+
+    def save(self, kind: str, payload: dict[str, Any], epoch: int, step: int) -> Path: ...
+
+    def resumable(self) -> list[Path]: ...
+
+
+ValidationCallback = Callable[[ValidationResult, int, int], None]  # (result, epochs done, step)
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@dataclass
+class Trainer:
+    """Runs :meth:`fit` over a data module (``train_loader(epoch, start_batch)``, ``steps_per_epoch``).
+
+    ``validate(model) -> ValidationResult`` scores a model on the validation set (rank 0 only);
+    ``on_validation`` callbacks receive each result (files, sweep reports, images for loggers).
+    """
+
+    step: TrainStep
+    data: Any
+    validate: Callable[[nn.Module], ValidationResult]
+    settings: LoopSettings
+    checkpoints: CheckpointStore
+    ema: ModelEMA | None = None
+    loggers: Sequence[Logger] = ()
+    on_validation: Sequence[ValidationCallback] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # plain data saved in every checkpoint
+    state: FitState = field(default_factory=FitState)
+    resumed_extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._terminate = False
+        self._dead_loggers: set[int] = set()
+        self._bad: torch.Tensor | None = None  # on-device skip counters, see _track_bad_steps
+        self.resumed_from: Path | None = None
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def payload(self) -> dict[str, Any]:
+        return {
+            **self.step.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "state": vars(self.state).copy(),
+            "rng": capture_rng_state(),
+            "extra": self.extra,
+        }
+
+    def save(self, kind: str) -> Path | None:
+        if not is_main_process():
+            return None
+        return self.checkpoints.save(kind, self.payload(), self.state.epoch, self.state.step)
+
+    def load(self, path: Path, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint ``payload`` (read and verified by the caller from ``path``)."""
+        self.step.load_state_dict(payload)
+        if self.ema and payload.get("ema"):
+            self.ema.load_state_dict(payload["ema"])
+        known = set(vars(FitState()))
+        self.state = FitState(**{k: v for k, v in payload["state"].items() if k in known})
+        self.resumed_extra = payload.get("extra") or {}
+        restore_rng_state(payload["rng"])
+        self.resumed_from = path
+        log.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(self) -> ValidationResult | None:
+        """Train to ``max_epochs`` (or on from a resumed state); the last validation's result."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._fit()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
+        self._terminate = True
+
+    def _fit(self) -> ValidationResult | None:
+        result = None
+        if self.state.pending_validation:  # resumed from a checkpoint whose validation never finished
+            result = self._validate()
+        while self.state.epoch < self.settings.max_epochs:
+            self._train_epoch(self.state.epoch)
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            due = self._validation_due(self.state.epoch)
+            self.state.pending_validation = due
+            if due or self.state.epoch % self.settings.checkpoint_interval == 0 or self._last_epoch():
+                self.save("epoch")
+            if due:
+                result = self._validate()
+        return result
+
+    def _last_epoch(self) -> bool:
+        return self.state.epoch >= self.settings.max_epochs
+
+    def _validation_due(self, epochs_done: int) -> bool:
+        if epochs_done >= self.settings.max_epochs:
+            return True
+        switch = self.settings.switch_epoch
+        interval = self.settings.stage2_val_interval if switch is not None and epochs_done > switch else \
+            self.settings.val_interval
+        return interval > 0 and epochs_done % interval == 0
+
+    def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
+        loader = self.data.train_loader(epoch, start_batch=self.state.batch_in_epoch)
+        limit = self.settings.limit_train_batches
+        for i, batch in enumerate(loader, start=self.state.batch_in_epoch):
+            if limit is not None and i >= limit:
+                return
+            yield batch
+
+    def epoch_length(self) -> int:
+        total = self.data.steps_per_epoch
+        limit = self.settings.limit_train_batches
+        return total if limit is None else min(total, limit)
+
+    def _train_epoch(self, epoch: int) -> None:
+        total = self.epoch_length()
+        self.step.train()
+        timer = StepTimer(self.step.device)
+        with EpochProgress(epoch, self.settings.max_epochs, total, enabled=is_main_process()) as progress:
+            progress.advance(self.state.batch_in_epoch)
+            batches = timer.wrap(self._batches(epoch))
+            for batch in batches:
+                out = self.step(batch)
+                self._after_step(out, batch, timer, epoch, total, progress)
+                if self._terminate:
+                    path = self.save("interrupt")
+                    raise TerminatedError(f"stopped by SIGTERM in epoch {epoch + 1} after step {self.state.step}; "
+                                          f"saved {path}; resume with the same command and resume=true")
+        self.state.train_time_s += timer.total_s
+
+    def _after_step(self, out: dict[str, Any], batch: dict[str, Any], timer: StepTimer, epoch: int, total: int,
+                    progress: EpochProgress) -> None:
+        self.state.step += 1
+        self.state.batch_in_epoch += 1
+        self.state.images_seen += int(batch["images"].shape[0]) * _world_size()
+        self._track_bad_steps(out["found_inf"])
+        if self.ema:
+            self.ema.update(self.step.model, skip=out["found_inf"])
+        at_log = self.state.step % self.settings.log_interval == 0 or self.state.batch_in_epoch == total
+        if at_log:
+            record = {f"train/{k}": float(v) for k, v in out["losses"].items()}
+            record.update({"train/loss": float(out["loss"]), "train/lr": out["lr"], **timer.report()})
+            record["epoch"] = epoch + self.state.batch_in_epoch / max(total, 1)
+            self._log(record)
+            progress.update(loss=record["train/loss"], lr=out["lr"])
+        if at_log or out["finite"] is False:
+            self._check_bad_steps(out)
+        progress.advance(1)
+        every = self.settings.checkpoint_interval_steps
+        if every and self.state.step % every == 0 and self.state.batch_in_epoch < total:
+            self.save("step")
+
+    def _track_bad_steps(self, found_inf: torch.Tensor) -> None:
+        """Count skipped steps on the device: [consecutive, total, last bad step] (read at log steps)."""
+        if self._bad is None:
+            self._bad = torch.tensor([self.state.bad_steps, self.state.skipped_steps, 0.0], device=found_inf.device)
+        bad, step = self._bad, float(self.state.step)
+        consecutive = (bad[0] + 1) * found_inf
+        self._bad = torch.stack((consecutive, bad[1] + found_inf, torch.where(found_inf > 0, step, bad[2])))
+
+    def _check_bad_steps(self, out: dict[str, Any]) -> None:
+        """Read the skip counters (one sync, at a logging step); stop after ``max_bad_steps`` in a row."""
+        consecutive, total, last = (int(v) for v in self._bad.tolist())
+        new = total - self.state.skipped_steps
+        self.state.skipped_steps, self.state.bad_steps = total, consecutive
+        if new <= 0:
+            return
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out["losses"].items())
+        what = f"step {last} (epoch {self.state.epoch + 1}): {terms}, grad norm {float(out['grad_norm']):.4g}, " \
+               f"lr {out['lr']:.4g}"
+        log.warning("%d non-finite step(s) skipped, the last at %s", new, what)
+        if consecutive >= self.settings.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{consecutive} consecutive non-finite steps, the last at {what}. The last good checkpoint is "
+                f"kept; lower optim.lr or set trainer.grad_clip."
+            )
+
+    # ------------------------------------------------------------------------------ validation
+    def _validate(self) -> ValidationResult | None:
+        epochs_done, model = self.state.epoch, self.ema.module if self.ema else unwrap_model(self.step.model)
+        result = None
+        if is_main_process():
+            try:
+                result = self.validate(model)
+            except Exception as err:  # noqa: BLE001 - the checkpoint of this epoch is on disk already
+                raise ValidationFailedError(
+                    f"validation after epoch {epochs_done} failed ({type(err).__name__}: {err}); the epoch's "
+                    f"checkpoint is saved: fix the cause and continue with the same command and resume=true"
+                ) from err
+            current = float(result.metrics.get("val/mAP", float("nan")))
+            if math.isfinite(current) and current > self.state.best_map:
+                self.state.best_map, self.state.best_epoch = current, epochs_done
+                self.save("best")
+            result.metrics["val/mAP_best"] = max(self.state.best_map, 0.0)
+            self._log({**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+                       "epoch": epochs_done})
+            for callback in self.on_validation:
+                callback(result, epochs_done, self.state.step)
+        self.state.pending_validation = False
+        _broadcast_state(self.state)
+        return result
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
+        for i, logger in enumerate(self.loggers):
+            if i in self._dead_loggers:
+                continue
+            try:
+                logger.log_metrics(record, self.state.step)
+            except Exception as err:  # noqa: BLE001 - a logger never ends a run
+                log.warning("logger %s failed (%s: %s); it is switched off for the rest of the run",
+                            type(logger).__name__, type(err).__name__, err)
+                self._dead_loggers.add(i)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _broadcast_state(state: FitState) -> None:
+    """Rank 0's best mAP and epoch to every rank (only rank 0 validates)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    box = [(state.best_map, state.best_epoch)]
+    dist.broadcast_object_list(box, src=0)
+    state.best_map, state.best_epoch = box[0]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally force deterministic torch algorithms."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast_for(device: torch.device, bf16: bool) -> Any:
+    """bf16 autocast on ``device`` when asked, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()

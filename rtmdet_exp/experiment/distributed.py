@@ -1,0 +1,61 @@
+"""Devices and ``torchrun``: which device a process uses, joining and leaving the process group, DDP.
+
+Nothing here is our own distributed machinery: ``torchrun`` starts the processes and sets
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; this module only reads them. SyncBN needs CUDA, so CPU
+(gloo) runs keep plain BatchNorm with a note in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from rtmdet_exp.experiment.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``trainer.device``: auto picks the GPU when there is one (the LOCAL_RANK one under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda was asked for but no CUDA GPU is visible; use trainer.device=cpu")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def world_size_from_env() -> int:
+    """The number of processes torchrun started (1 when not under torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup(device: torch.device) -> tuple[int, int]:
+    """Join torchrun's process group (NCCL on GPUs, gloo on the CPU); returns ``(rank, world size)``."""
+    if world_size_from_env() > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def teardown() -> None:
+    """Leave the process group (every rank, also after an error)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """The module the training step calls: ``model`` itself, or DDP around it (SyncBN on CUDA)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return model
+    if device.type == "cuda":
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    else:
+        log.info("CPU (gloo) processes: BatchNorm statistics stay per process (SyncBN needs CUDA)")
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

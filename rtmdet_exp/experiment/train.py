@@ -1,0 +1,110 @@
+"""``train(cfg)``: check, build, fit and record one run; returns its final metrics (the sweep objective).
+
+``run.py`` is a thin Hydra entry around this function; tests and sweep drivers call it directly.
+Everything that can be checked is checked before any data is read (``dry_run=true`` stops there,
+after printing the recipe card).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from rtmdet_exp.engine.ema import ModelEMA
+from rtmdet_exp.engine.loggers import JsonlLogger
+from rtmdet_exp.engine.loop import TerminatedError, Trainer, is_main_process, seed_everything
+from rtmdet_exp.engine.step import TrainStep
+from rtmdet_exp.engine.validation import Validator
+from rtmdet_exp.experiment import build, distributed, rundir
+from rtmdet_exp.experiment.checks import check_config
+from rtmdet_exp.experiment.context import LaunchContext
+from rtmdet_exp.experiment.recipe import format_card, recipe_card
+from rtmdet_exp.experiment.results import dry_run, final_summary, start_loggers
+from rtmdet_exp.experiment.session import FINISHED, RESUME, RunSession
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None, context: LaunchContext | None = None) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns ``val/mAP_best``, ``val/mAP``..., ``perf/...``."""
+    from rtmdet_exp.experiment import register
+
+    register()
+    ctx = context or LaunchContext.from_hydra()
+    check_config(cfg, ctx.sweeper)
+    card = recipe_card(cfg, distributed.world_size_from_env(), overrides=ctx.overrides)
+    if cfg.dry_run:
+        return dry_run(cfg, card)
+    device = distributed.resolve_device(build.plain(cfg.trainer).get("device", "auto"))
+    rank, world = distributed.setup(device)
+    session = RunSession(Path(run_dir or ctx.run_dir or os.getcwd()), cfg, ctx.overrides, ctx.multirun, rank == 0)
+    try:
+        decision = session.decide()
+        return session.finished_summary() if decision == FINISHED else _fit(cfg, session, decision, device, world, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.device, world: int,
+         ctx: LaunchContext) -> dict[str, Any]:
+    seed_everything(int(cfg.seed) + (torch.distributed.get_rank() if world > 1 else 0), cfg.trainer.deterministic)
+    detector, augment = build.build_detector(cfg), build.build_augment(cfg)
+    data = build.build_data(cfg, augment, rank=0 if world == 1 else torch.distributed.get_rank(), world_size=world)
+    data.setup()
+    bf16, channels_last = build.precision_flags(cfg, device)
+    detector.to(device)
+    if channels_last:
+        detector.to(memory_format=torch.channels_last)
+    step_model = distributed.wrap(detector, device)
+    optimizer = build.build_optimizer(cfg, detector, world)
+    step = TrainStep(detector, optimizer, build.build_schedule(cfg, optimizer, data.steps_per_epoch), device, bf16,
+                     channels_last, cfg.trainer.grad_clip, step_model)
+    if cfg.trainer.compile:
+        detector.network.compile()  # in place: parameter names (and so the EMA's) stay the same
+    ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma) if cfg.trainer.ema.enabled else None
+    validator = Validator(data, device, bf16, channels_last, cfg.trainer.limit_val_batches, cfg.trainer.num_vis_images)
+    trainer = Trainer(step, data, validator, build.loop_settings(cfg, augment.switch_epoch),
+                      rundir.RunCheckpoints(session.run_dir, cfg.trainer.keep_checkpoints), ema,
+                      extra={"config": session.record_config(), "class_names": data.class_names,
+                             "label_to_cat_id": data.label_to_cat_id})
+    if decision == RESUME:
+        path, payload = session.load_checkpoint()
+        trainer.load(path, payload)
+    card = recipe_card(cfg, world, data.steps_per_epoch, ctx.overrides)
+    log.info("%s", format_card(card))
+    session.start(card, data.val_annotation_file)
+    loggers = start_loggers(cfg, session, trainer, detector, ctx) if is_main_process() else []
+    trainer.loggers = loggers
+    trainer.on_validation = [session.on_validation, *_sweep_report(), *[_images_to(lg, data) for lg in loggers]]
+    summary: dict[str, Any] = {}
+    try:
+        result = trainer.fit()
+        if is_main_process():
+            summary, per_class = final_summary(cfg, trainer, result, detector, data)
+            session.finish(summary, per_class)
+        return summary
+    except TerminatedError as err:
+        session.fail(err, status=rundir.STATUS_INTERRUPTED)
+        raise
+    except BaseException as err:
+        session.fail(err)
+        raise
+    finally:
+        for logger in loggers:
+            logger.finish(summary, failed=not summary)
+
+
+def _sweep_report() -> list[Any]:
+    """The Optuna trial's intermediate report after each validation (a no-op outside Optuna sweeps)."""
+    from rtmdet_exp import sweep
+
+    return [lambda result, epoch, step: sweep.report(build.finite_or(result.metrics.get("val/mAP"), 0.0), epoch)]
+
+
+def _images_to(logger: Any, data: Any) -> Any:
+    return lambda result, epoch, step: logger.log_images(result.visuals, data.class_names, step=step)

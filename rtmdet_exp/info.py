@@ -1,0 +1,9 @@
+"""``python -m rtmdet_exp.info``: see :mod:`rtmdet_exp.cli.info`."""
+
+from rtmdet_exp.cli.args import run
+from rtmdet_exp.cli.info import main
+
+if __name__ == "__main__":
+    run(main)
+
+from rtmdet_exp.experiment import compose as compose_config  # noqa: E402,F401  (temporary alias)
