@@ -61,6 +61,7 @@ class LoopSettings:
     grad_clip: float | None = None
     limit_train_batches: int | None = None
     switch_epoch: int | None = None  # first 0-based epoch of the weak-augmentation stage
+    val_subset: int | None = None  # intermediate validations score only the first N val images
 
 
 @dataclass
@@ -104,7 +105,7 @@ class Trainer:
 
     step: TrainStep
     data: Any
-    validate: Callable[[nn.Module], ValidationResult]
+    validate: Callable[..., ValidationResult]  # (model, max_images=None) -> result
     settings: LoopSettings
     checkpoints: CheckpointStore
     ema: ModelEMA | None = None
@@ -268,20 +269,22 @@ class Trainer:
     # ------------------------------------------------------------------------------ validation
     def _validate(self) -> ValidationResult | None:
         epochs_done, model = self.state.epoch, self.ema.module if self.ema else unwrap_model(self.step.model)
+        subset = None if self._last_epoch() else self.settings.val_subset
         result = None
         if is_main_process():
             try:
-                result = self.validate(model)
+                result = self.validate(model, max_images=subset)
             except Exception as err:  # noqa: BLE001 - the checkpoint of this epoch is on disk already
                 raise ValidationFailedError(
                     f"validation after epoch {epochs_done} failed ({type(err).__name__}: {err}); the epoch's "
                     f"checkpoint is saved: fix the cause and continue with the same command and resume=true"
                 ) from err
-            current = float(result.metrics.get("val/mAP", float("nan")))
+            current = float(result.metrics.get("val/mAP", float("nan")))  # absent for a subset validation
             if math.isfinite(current) and current > self.state.best_map:
                 self.state.best_map, self.state.best_epoch = current, epochs_done
                 self.save("best")
-            result.metrics["val/mAP_best"] = max(self.state.best_map, 0.0)
+            if not result.subset:
+                result.metrics["val/mAP_best"] = max(self.state.best_map, 0.0)
             self._log({**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
                        "epoch": epochs_done})
             for callback in self.on_validation:

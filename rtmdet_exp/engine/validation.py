@@ -28,6 +28,7 @@ class ValidationResult:
     visuals: list[dict[str, Any]] = field(default_factory=list)
     image_ids: list[int] = field(default_factory=list)  # the images scored
     category_ids: list[int] = field(default_factory=list)  # the categories scored (the model's)
+    subset: bool = False  # scored on the first images only (an intermediate validation)
 
 
 class Validator:
@@ -49,12 +50,15 @@ class Validator:
         self.evaluator = CocoEvaluator(data.val_coco, data.label_to_cat_id, data.class_names)
 
     @torch.no_grad()
-    def __call__(self, detector: nn.Module) -> ValidationResult:
+    def __call__(self, detector: nn.Module, max_images: int | None = None) -> ValidationResult:
+        """Score ``detector``; with ``max_images``, only the first that many val images (keys ``val_subset/``)."""
         detector.eval()
         self.evaluator.reset()
         shown: list[dict[str, Any]] = []
         for i, batch in enumerate(self.data.val_loader()):
             if self.limit_batches is not None and i >= self.limit_batches:
+                break
+            if max_images is not None and len(self.evaluator.image_ids) >= max_images:
                 break
             images = batch["images"].to(self.device, non_blocking=True)
             if self.channels_last:
@@ -68,9 +72,10 @@ class Validator:
                 shown.extend(_visuals(batch, preds)[: self.num_visuals - len(shown)])
         stats = self.evaluator.compute()
         per_class = stats.pop("per_class_AP", {})
-        metrics = {f"val/{k}": v for k, v in stats.items()}
+        prefix = "val" if max_images is None else "val_subset"
+        metrics = {f"{prefix}/{k}": v for k, v in stats.items()}
         return ValidationResult(metrics, per_class, self.evaluator.results(), shown, self.evaluator.image_ids,
-                                [int(c) for c in self.evaluator.label_to_cat_id])
+                                [int(c) for c in self.evaluator.label_to_cat_id], subset=max_images is not None)
 
 
 def _visuals(batch: dict[str, Any], preds: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:

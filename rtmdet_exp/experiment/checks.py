@@ -22,7 +22,7 @@ _POSITIVE = (
 _AT_LEAST_ZERO = ("trainer.val_interval", "trainer.stage2_val_interval", "data.num_workers", "optim.weight_decay",
                   "schedule.warmup_iters")
 _OPTIONAL_POSITIVE = ("trainer.grad_clip", "trainer.checkpoint_interval_steps", "trainer.limit_train_batches",
-                      "trainer.limit_val_batches", "data.val_batch_size")
+                      "trainer.limit_val_batches", "trainer.val_subset", "data.val_batch_size")
 
 
 def check_config(cfg: DictConfig, sweeper: Any = None) -> None:

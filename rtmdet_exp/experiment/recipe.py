@@ -92,7 +92,9 @@ def _warmup_text(cfg: DictConfig, steps_per_epoch: int | None) -> str:
 
 def _validation_text(cfg: DictConfig) -> str:
     epochs = validation_epochs(cfg)
-    return ", ".join(map(str, epochs)) if len(epochs) <= 12 else f"{len(epochs)} times, last after {epochs[-1]}"
+    text = ", ".join(map(str, epochs)) if len(epochs) <= 12 else f"{len(epochs)} times, last after {epochs[-1]}"
+    subset = cfg.trainer.val_subset
+    return text + (f" (before the last: the first {subset} val images)" if subset and len(epochs) > 1 else "")
 
 
 def _init_note(variant: str | None) -> str:

@@ -46,6 +46,7 @@ class TrainerConfig:
     grad_clip: Optional[float] = None  # max gradient norm; null = no clipping (the paper clips none)
     val_interval: int = 10  # validate every N epochs (and always after the last one)
     stage2_val_interval: int = 1  # validate every N epochs once the weak-augmentation stage runs
+    val_subset: Optional[int] = None  # intermediate validations score the first N val images only (the last: all)
     log_interval: int = 10  # steps between logged training records
     checkpoint_interval: int = 1  # write a resumable checkpoint every N epochs (and at the end)
     checkpoint_interval_steps: Optional[int] = None  # also every N steps (long epochs); null = off

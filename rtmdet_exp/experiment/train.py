@@ -103,7 +103,11 @@ def _sweep_report() -> list[Any]:
     """The Optuna trial's intermediate report after each validation (a no-op outside Optuna sweeps)."""
     from rtmdet_exp import sweep
 
-    return [lambda result, epoch, step: sweep.report(build.finite_or(result.metrics.get("val/mAP"), 0.0), epoch)]
+    def report(result: Any, epoch: int, step: int) -> None:
+        value = result.metrics.get("val/mAP", result.metrics.get("val_subset/mAP"))
+        sweep.report(build.finite_or(value, 0.0), epoch)
+
+    return [report]
 
 
 def _images_to(logger: Any, data: Any) -> Any:
