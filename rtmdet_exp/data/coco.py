@@ -5,26 +5,37 @@ expect), ``boxes`` float32 ``[K, 4]`` xyxy pixels, ``labels`` int64 ``[K]`` cont
 ``image_id`` int, ``ori_shape`` (h, w) of the file. The pipeline, a callable ``sample -> sample``,
 is applied last.
 
-Annotations are parsed once at construction: crowd regions are dropped (they are neither
-positives nor negatives we train on), boxes are clipped to the image, and degenerate ones
-(non-finite, or zero width/height after clipping) are dropped and counted in
-``num_dropped_boxes``. Category ids, which in COCO are not contiguous, are mapped to labels
-0..C-1 in ascending id order; ``label_to_cat_id`` maps back for evaluation.
+Annotations are parsed once at construction, from the json as
+:func:`~rtmdet_exp.data.annotations.read_coco_json` reads it, and checked with the dataset check's
+entry rules (:mod:`rtmdet_exp.data.coco_checks`): an entry the loader cannot use (a wrong type,
+an id beyond int64, a repeated id, an unknown image or category) raises :class:`DataError`
+naming the file, the ids and the field, whether or not the run validated the data first. Box
+values are repaired instead: crowd regions are dropped (they are neither positives nor negatives
+we train on), boxes are clipped to the image, and degenerate ones (non-finite, or zero
+width/height after clipping) are dropped and counted in ``num_dropped_boxes``; non-finite ones
+leave the evaluator's ground truth too (pycocotools cannot compare them). Annotations
+without ``iscrowd`` or ``area`` get COCO's defaults (0, and the bbox area), with one warning per
+file, so that the index handed to the evaluator (``coco``) holds every field pycocotools reads.
+Category ids, which in COCO are not contiguous, are mapped to labels 0..C-1 in ascending id
+order; ``label_to_cat_id`` maps back for evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from rtmdet_exp.data.annotations import as_float, describe_defaults, fill_coco_defaults, is_int, read_coco_json
+from rtmdet_exp.data.coco_checks import BOX_VALUE_KINDS, check_coco
+from rtmdet_exp.data.problems import Collector, DatasetError, ValidationReport
 
 __all__ = ["CocoDetection", "DataError"]
 
@@ -32,31 +43,88 @@ log = logging.getLogger(__name__)
 
 # Decode in stored pixel order: COCO boxes refer to the raw pixels, not the EXIF-rotated view.
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+# Problems the loader works around: box values (clipped or dropped), and a split without images.
+_TOLERATED_KINDS = BOX_VALUE_KINDS | {"no images"}
+_MAX_LISTED = 20
 
 
 class DataError(ValueError):
     """A dataset file is missing, unreadable or inconsistent with its annotations."""
 
 
-def _load_coco(ann_file: Path, skip_images: set[int], skip_anns: set[int]) -> COCO:
-    """A pycocotools index of ``ann_file`` without the skipped images and annotations.
+def _listed(entry: Any, key: str, ids: set[int]) -> bool:
+    """True when ``entry`` is a dict whose integer ``key`` is one of ``ids``."""
+    return isinstance(entry, dict) and is_int(entry.get(key)) and entry[key] in ids
+
+
+def _check_loadable(ann_file: Path, data: dict) -> None:
+    """Raise :class:`DataError` listing the entries the loader cannot use (see the module docstring)."""
+    report = ValidationReport(ann_file=str(ann_file), img_dir="")
+    check_coco(data, report, Collector(str(ann_file)))
+    fatal = [p for p in report.problems if p.kind not in _TOLERATED_KINDS]
+    if fatal:
+        n = len(fatal)
+        lines = [f"  {p}" for p in fatal[:_MAX_LISTED]]
+        if n > _MAX_LISTED:
+            lines.append(f"  ... and {n - _MAX_LISTED} more")
+        raise DataError(f"{ann_file}: {n} problem{'s' if n != 1 else ''} in the annotations that the loader cannot "
+                        "work around (the dataset check, data.validate=true, lists them before training):\n"
+                        + "\n".join(lines))
+
+
+def _free_zero_id(annotations: list[dict]) -> None:
+    """Give an annotation of id 0 the next free id.
+
+    COCOeval records a match as the matched ground truth's id and reads 0 as "no match", so a
+    detection matching an annotation of id 0 would count as a false positive. Ids are unique
+    here (the checks refuse repeats), so at most one annotation has id 0.
+    """
+    for ann in annotations:
+        if ann["id"] == 0:
+            ann["id"] = max(a["id"] for a in annotations) + 1
+            return
+
+
+def _finite_boxes(annotations: list[dict]) -> np.ndarray:
+    """``[n]`` True where an annotation's bbox has finite coordinates (ints beyond float range are not)."""
+    try:
+        xywh = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)  # [n, 4]
+    except OverflowError:
+        xywh = np.array([[as_float(v) for v in a["bbox"]] for a in annotations], np.float64).reshape(-1, 4)  # [n, 4]
+    return np.isfinite(xywh).all(axis=1)
+
+
+def _load_coco(ann_file: Path, skip_images: set[int], skip_anns: set[int]) -> tuple[COCO, int]:
+    """A pycocotools index of ``ann_file`` without the skipped images and annotations, and the
+    number of boxes with non-finite coordinates left out of it.
 
     Skipped entries (found by :mod:`rtmdet_exp.data.validate` in ``on_error=skip`` mode) are
-    removed before indexing, so neither training nor the evaluator's ground truth sees them.
+    removed before indexing, so neither training nor the evaluator's ground truth sees them; so
+    are non-finite boxes (only there without validation), which pycocotools cannot compare.
     """
-    coco = COCO()
-    with ann_file.open() as f:
-        data = json.load(f)
+    try:
+        data = read_coco_json(ann_file)
+    except DatasetError as err:
+        raise DataError(str(err)) from None
     if skip_images or skip_anns:
-        data["images"] = [im for im in data.get("images", []) if im.get("id") not in skip_images]
+        data["images"] = [im for im in data["images"] if not _listed(im, "id", skip_images)]
         data["annotations"] = [
-            a for a in data.get("annotations", [])
-            if a.get("id") not in skip_anns and a.get("image_id") not in skip_images
+            a for a in data["annotations"] if not (_listed(a, "id", skip_anns) or _listed(a, "image_id", skip_images))
         ]
+    _check_loadable(ann_file, data)
+    finite = _finite_boxes(data["annotations"])
+    num_non_finite = int((~finite).sum())
+    if num_non_finite:
+        data["annotations"] = [a for a, keep in zip(data["annotations"], finite.tolist()) if keep]
+    anns = data["annotations"]
+    for line in describe_defaults(fill_coco_defaults(anns), len(anns)):
+        log.warning("%s: %s", ann_file, line)
+    _free_zero_id(anns)
+    coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
-    return coco
+    return coco, num_non_finite
 
 
 class CocoDetection(Dataset):
@@ -89,7 +157,7 @@ class CocoDetection(Dataset):
         self.pipeline = pipeline
         self.filter_empty = bool(filter_empty)
         excluded = {int(i) for i in exclude_ids}
-        self.coco = _load_coco(self.ann_file, excluded, {int(i) for i in exclude_ann_ids})
+        self.coco, num_non_finite = _load_coco(self.ann_file, excluded, {int(i) for i in exclude_ann_ids})
 
         cat_ids = sorted(int(c) for c in self.coco.cats)
         self.label_to_cat_id: list[int] = cat_ids
@@ -97,7 +165,8 @@ class CocoDetection(Dataset):
         self.class_names: list[str] = [str(self.coco.cats[c].get("name", c)) for c in cat_ids]
 
         all_img_ids = sorted(int(i) for i in self.coco.imgs)
-        per_image, self.num_dropped_boxes = self._parse_annotations(all_img_ids)
+        per_image, num_degenerate = self._parse_annotations(all_img_ids)
+        self.num_dropped_boxes = num_non_finite + num_degenerate
         if self.num_dropped_boxes:
             log.warning(
                 "%s: dropped %d degenerate boxes (non-finite, or zero width/height after clipping to the image)",
@@ -111,21 +180,12 @@ class CocoDetection(Dataset):
 
     def _parse_annotations(self, img_ids: list[int]) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
         """Vectorised parse of all annotations into per-image ``(boxes [K,4] xyxy, labels [K])``."""
-        anns = self.coco.dataset.get("annotations", [])
+        anns = self.coco.dataset["annotations"]
         n = len(anns)
         image_id = np.fromiter((a["image_id"] for a in anns), np.int64, n)
         cat_id = np.fromiter((a["category_id"] for a in anns), np.int64, n)
-        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)
-        xywh = np.array([a["bbox"] for a in anns], np.float64).reshape(n, 4)  # [n, 4]
-
-        unknown = ~np.isin(cat_id, np.array(self.label_to_cat_id, np.int64))
-        if unknown.any():
-            bad = sorted(set(cat_id[unknown].tolist()))
-            raise DataError(f"{self.ann_file}: annotations use category ids {bad[:10]} missing from 'categories'")
-        known_img = np.isin(image_id, np.array(img_ids, np.int64))
-        if not known_img.all():
-            bad = sorted(set(image_id[~known_img].tolist()))
-            raise DataError(f"{self.ann_file}: annotations reference image ids {bad[:10]} missing from 'images'")
+        crowd = np.fromiter((bool(a["iscrowd"]) for a in anns), bool, n)
+        xywh = np.array([a["bbox"] for a in anns], np.float64).reshape(n, 4)  # [n, 4], all finite
 
         # Image sizes per annotation, inf where the json does not give them (then no clipping).
         imgs = self.coco.imgs

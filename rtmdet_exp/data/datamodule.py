@@ -111,8 +111,8 @@ class DataModule:
                                      exclude_ids=self.skip_val.image_ids, exclude_ann_ids=self.skip_val.ann_ids)
         if self.train_set.class_names != self.val_set.class_names:
             raise DataError(
-                f"data.train_json and data.val_json list different categories: "
-                f"{self.train_set.class_names} vs {self.val_set.class_names}"
+                f"data.train_json ({self.paths['train_json']}) and data.val_json ({self.paths['val_json']}) list "
+                f"different categories: {self.train_set.class_names} vs {self.val_set.class_names}"
             )
         try:
             self.sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, self.rank, self.world_size)

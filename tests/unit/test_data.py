@@ -1,7 +1,9 @@
-"""Tests of the synthetic dataset generator, COCO loading and collation."""
+"""Tests of the synthetic dataset generator, COCO loading (and what it hands the evaluator) and collation."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -10,10 +12,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.coco import CocoDetection, DataError
 from rtmdet_exp.data.synthetic import CLASS_NAMES, _render_image, ensure_synthetic_dataset
+from rtmdet_exp.engine.evaluator import CocoEvaluator
 
 SMALL = {"num_train": 8, "num_val": 4, "img_size": 128, "seed": 3}
 
@@ -287,3 +292,94 @@ def test_collate_all_empty_and_errors() -> None:
         collate([{k: v for k, v in empty.items() if k != "image_id"}])
     with pytest.raises(ValueError, match="empty"):
         collate([])
+
+
+# ------------------------------------------------------------------------------------------ loader vs. issue 12
+
+
+def _one_image_coco(tmp_path: Path, annotations: list[dict], name: str = "ann.json") -> Path:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 40, 3), np.uint8))
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}], "annotations": annotations,
+            "categories": [{"id": 7, "name": "c7"}]}
+    path = tmp_path / name
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _perfect_map(ds: CocoDetection) -> float:
+    """COCO mAP of detections equal to the ground truth boxes (score 0.9); 1.0 by definition."""
+    evaluator = CocoEvaluator(ds.coco, ds.label_to_cat_id, ds.class_names)
+    ann = ds.get_ann(0)
+    evaluator.update([{"boxes": ann["boxes"], "scores": np.full(len(ann["labels"]), 0.9), "labels": ann["labels"]}],
+                     [ann["image_id"]])
+    return evaluator.compute()["mAP"]
+
+
+def test_loader_fills_what_the_evaluator_reads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Without iscrowd and area, pycocotools' COCOeval raised KeyError: 'iscrowd' after an epoch."""
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 6]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [20, 20, 8, 8], "area": 50.0}]
+    with caplog.at_level(logging.WARNING, logger="rtmdet_exp.data.coco"):
+        ds = CocoDetection(tmp_path, _one_image_coco(tmp_path, anns))
+    assert [(a["iscrowd"], a["area"]) for a in ds.coco.dataset["annotations"]] == [(0, 60.0), (0, 50.0)]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "2 of 2 annotations have no 'iscrowd'" in warnings[0]
+    assert "1 of 2 annotations have no 'area'" in warnings[1]
+    assert _perfect_map(ds) == pytest.approx(1.0)
+
+
+def test_loader_annotation_id_zero_still_matches(tmp_path: Path) -> None:
+    """COCOeval counts a match with ground truth id 0 as a miss (its match table uses 0 for "none"):
+    a perfect detection of annotation 0 scores 0 in plain pycocotools; through the loader, 1."""
+    anns = [{"id": 0, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 6], "area": 60, "iscrowd": 0}]
+    path = _one_image_coco(tmp_path, anns)
+    raw = COCO()
+    raw.dataset = json.loads(path.read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        raw.createIndex()
+        dt = raw.loadRes([{"image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 6], "score": 0.9}])
+        plain = COCOeval(raw, dt, "bbox")
+        plain.evaluate(), plain.accumulate(), plain.summarize()
+    assert plain.stats[0] == 0.0
+    ds = CocoDetection(tmp_path, path)
+    assert [a["id"] for a in ds.coco.dataset["annotations"]] == [1]
+    assert _perfect_map(ds) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"image_id": 10**30}, "annotation id 1: 'image_id' refers to image id 1000000000000000000000000000000"),
+    ({"id": 10**30}, "annotation id 1000000000000000000000000000000: 'id' is beyond the int64 range"),
+    ({"bbox": "1 2 3 4"}, "annotation id 1: 'bbox' must be a list of 4 numbers"),
+    ({"iscrowd": "yes"}, "annotation id 1: 'iscrowd' must be 0 or 1, got a string ('yes')"),
+    ({"category_id": 7.0}, "annotation id 1: 'category_id' must be an integer, got a float (7.0)"),
+])
+def test_loader_names_entries_it_cannot_use(tmp_path: Path, change: dict, words: str) -> None:
+    """With data.validate=false the loader still checks the entries, and names them (no OverflowError,
+    KeyError or TypeError from deep inside)."""
+    ann = {"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 6], "area": 60, "iscrowd": 0, **change}
+    path = _one_image_coco(tmp_path, [ann])
+    with pytest.raises(DataError) as err:
+        CocoDetection(tmp_path, path)
+    assert str(err.value).startswith(f"{path}: 1 problem in the annotations that the loader cannot work around")
+    assert words in str(err.value)
+
+
+def test_loader_image_ids_beyond_int64(tmp_path: Path) -> None:
+    path = _one_image_coco(tmp_path, [{"id": 1, "image_id": 10**30, "category_id": 7, "bbox": [2, 3, 10, 6]}])
+    coco = json.loads(path.read_text())
+    coco["images"][0]["id"] = 10**30
+    path.write_text(json.dumps(coco))
+    with pytest.raises(DataError, match=r"image id 1000000000000000000000000000000: 'id' is beyond the int64 range"):
+        CocoDetection(tmp_path, path)
+    assert len(CocoDetection(tmp_path, path, exclude_ids={10**30})) == 0  # on_error=skip leaves it out
+
+
+def test_loader_reads_any_unicode_encoding_and_repairs_box_values(tmp_path: Path) -> None:
+    anns = [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10, 6]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [2, 3, 10**400, 6]},  # beyond float: inf, dropped
+            {"id": 3, "image_id": 1, "category_id": 7, "bbox": [50, 3, 10, 6]}]  # outside: dropped
+    path = _one_image_coco(tmp_path, anns)
+    path.write_bytes(path.read_text().encode("utf-16"))
+    ds = CocoDetection(tmp_path, path)
+    assert ds.num_dropped_boxes == 2
+    np.testing.assert_array_equal(ds.get_ann(0)["boxes"], [[2, 3, 12, 9]])

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtmdet_exp.data.validate import DatasetError, Problem, ValidationReport, check_split, validate_coco
 
@@ -115,6 +116,27 @@ def test_truncated_image(ds: tuple[Path, Path], name: str, cut: int) -> None:
     assert (p.severity, p.image_id) == ("image", FILES.index(name) + 1) and name in str(p)
 
 
+def test_zero_byte_image(ds: tuple[Path, Path]) -> None:
+    ann, img_dir = ds
+    (img_dir / "c.jpg").write_bytes(b"")
+    p = only(validate_coco(ann, img_dir))
+    assert (p.severity, p.image_id, p.what) == ("image", 3, "image file is empty (0 bytes)")
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "TGA", "BMP", "TIFF"])
+def test_formats_pil_reads_are_judged_by_opencv(ds: tuple[Path, Path], fmt: str) -> None:
+    """PIL reads ICO and TGA, which OpenCV (the loader's decoder) may not: what OpenCV cannot read
+    is reported, whatever PIL says."""
+    ann, img_dir = ds
+    path = img_dir / "b.png"
+    Image.fromarray(np.full((SIZE, SIZE, 3), 200, np.uint8)).save(path, format=fmt)
+    readable = cv2.imread(str(path), cv2.IMREAD_COLOR) is not None
+    report = validate_coco(ann, img_dir)
+    assert report.ok == readable, report.format()
+    if not readable:
+        assert only(report).image_id == 2 and "could not be decoded" in only(report).what
+
+
 def test_missing_image_file(ds: tuple[Path, Path]) -> None:
     ann, img_dir = ds
     (img_dir / "c.jpg").unlink()
@@ -203,15 +225,18 @@ def test_unknown_image_id_and_missing_keys(ds: tuple[Path, Path]) -> None:
     coco = base_coco()
     coco["annotations"][0]["image_id"] = 99
     del coco["annotations"][1]["bbox"]
-    del coco["annotations"][2]["area"]
+    coco["annotations"][2]["area"] = -4.0
     coco["annotations"][3]["bbox"] = [1, 2, 3]
     coco["annotations"][4]["category_id"] = "3"
+    del coco["annotations"][5]["image_id"]
     write_json(ann, coco)
     report = validate_coco(ann, img_dir)
     by_ann = {p.ann_id: p.what for p in report.problems}
-    assert set(by_ann) == {10, 11, 12, 13, 14} and report.bad_ann_ids == {10, 11, 12, 13, 14}
-    assert "image id 99" in by_ann[10] and "bbox" in by_ann[11] and "area" in by_ann[12]
-    assert "[1, 2, 3]" in by_ann[13] and "'3'" in by_ann[14]
+    assert set(by_ann) == {10, 11, 12, 13, 14, 15} and report.bad_ann_ids == {10, 11, 12, 13, 14, 15}
+    assert "'image_id' refers to image id 99" in by_ann[10] and "no 'bbox'" in by_ann[11]
+    assert "'area' must be a finite number >= 0, got a float (-4.0)" in by_ann[12]
+    assert "[1, 2, 3]" in by_ann[13] and "'category_id' must be an integer, got a string ('3')" in by_ann[14]
+    assert "'image_id' must be an integer, got missing" in by_ann[15]
     assert all(p.severity == "annotation" for p in report.problems)
 
 
@@ -237,10 +262,11 @@ def test_not_json(ds: tuple[Path, Path]) -> None:
 @pytest.mark.parametrize(
     "content, words",
     [
-        ([1, 2, 3], "top level is a JSON list"),
-        ("images", "top level is a JSON str"),
-        ({"annotations": [], "categories": []}, "no 'images'"),
-        ({"images": {}, "annotations": [], "categories": []}, "'images' is a dict"),
+        ([1, 2, 3], "the top level is a list of 3, expected an object"),
+        ("images", "the top level is a string ('images')"),
+        ({"annotations": [], "categories": []}, "no 'images' list"),
+        ({"images": {}, "annotations": [], "categories": []}, "'images' is an object with keys [], expected a list"),
+        ({"images": [], "annotations": [], "categories": 5}, "'categories' is an int (5), expected a list of category"),
     ],
 )
 def test_json_that_is_not_coco(ds: tuple[Path, Path], content: object, words: str) -> None:
@@ -345,7 +371,7 @@ def test_check_split_raises_with_the_full_list(ds: tuple[Path, Path]) -> None:
     assert msg.startswith(f"data validation found 2 problems in train split ({ann})")
     assert msg.endswith("fix them, or pass data.on_error=skip to skip the bad images and annotations")
     assert "b.png: image id 2: image file does not exist" in msg
-    assert "image id 1, annotation id 10: unknown category id 5" in msg
+    assert "image id 1, annotation id 10: 'category_id': unknown category id 5 (categories: [1, 3])" in msg
 
 
 def test_check_split_skip_logs_each_problem_once(ds: tuple[Path, Path], caplog: pytest.LogCaptureFixture,
@@ -359,6 +385,22 @@ def test_check_split_skip_logs_each_problem_once(ds: tuple[Path, Path], caplog: 
     assert sum("b.png" in m for m in lines) == 1 and sum("annotation id 10" in m for m in lines) == 1
     assert any(re.search(r"2 problems; skipping 1 of 4 images and 1 of 8 annotations", m) for m in lines)
     assert "unknown category id 5" in (tmp_path / "problems.txt").read_text()
+
+
+def test_check_split_skip_ids_beyond_int64(ds: tuple[Path, Path]) -> None:
+    """Issue 12: ids of 10**30 passed validation and crashed the loader; now they are named, and
+    skippable."""
+    ann, img_dir = ds
+    coco = base_coco()
+    coco["images"][1]["id"] = 10**30
+    for a in coco["annotations"]:
+        a["image_id"] = 10**30 if a["image_id"] == 2 else a["image_id"]
+    coco["annotations"][0]["id"] = -(2**63) - 1
+    write_json(ann, coco)
+    with pytest.raises(DatasetError, match=r"image id 1000000000000000000000000000000: 'id' is beyond the int64"):
+        check_split(ann, img_dir, skip=False, split="train")
+    skipped = check_split(ann, img_dir, skip=True, split="train")
+    assert skipped.image_ids == {10**30} and skipped.ann_ids == {-(2**63) - 1}
 
 
 def test_check_split_clean_returns_nothing(ds: tuple[Path, Path]) -> None:
@@ -393,7 +435,8 @@ def test_format_caps_the_list(ds: tuple[Path, Path]) -> None:
     ann, img_dir = ds
     coco = base_coco()
     coco["annotations"] = [
-        {"id": 100 + k, "image_id": 1, "category_id": 1, "bbox": [1.0, 1.0, 0.0, 1.0], "area": 0.0} for k in range(250)
+        {"id": 100 + k, "image_id": 1, "category_id": 1, "bbox": [1.0, 1.0, 0.0, 1.0], "area": 0.0, "iscrowd": 0}
+        for k in range(250)
     ]
     write_json(ann, coco)
     report = validate_coco(ann, img_dir)
@@ -516,8 +559,8 @@ def _corrupt_annotation(rng: np.random.Generator, coco: dict, pool: list[int]) -
     if kind == 1:
         coco["annotations"][index] = _odd_value(rng)
         return ("file", None, None, f"annotations[{index}]")
-    if kind == 2:
-        del ann[("image_id", "category_id", "bbox", "area")[int(rng.integers(4))]]
+    if kind == 2:  # (a missing area or iscrowd is no fault: COCO defaults fill them)
+        del ann[("image_id", "category_id", "bbox")[int(rng.integers(3))]]
     elif kind == 3:
         key = ("image_id", "category_id", "bbox", "area", "iscrowd")[int(rng.integers(5))]
         value = _odd_value(rng)
