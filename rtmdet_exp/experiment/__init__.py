@@ -15,6 +15,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Options of earlier versions, named in the error when they are used.
+RENAMED = {
+    "trainer": "(trainer is no longer a group: the paper's recipe is experiment=paper)",
+    "optim.name": "(the optimiser is the group choice: optim=adamw | optim=sgd)",
+}
 
 
 def register() -> None:
@@ -40,4 +45,16 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # the message names the key
-        raise ConfigError(str(err).strip()) from err
+        hints = [RENAMED[o.split("=", 1)[0]] for o in overrides if o.split("=", 1)[0] in RENAMED]
+        raise ConfigError(" ".join([composition_message(err), *hints])) from err
+
+
+def composition_message(err: BaseException) -> str:
+    """Hydra's composition error with its causes (which hold the valid options and the full key)."""
+    parts: list[str] = []
+    while err is not None:
+        text = " ".join(str(err).split())
+        if text and text not in parts:
+            parts.append(text)
+        err = err.__cause__
+    return ": ".join(parts)

@@ -176,7 +176,7 @@ def loop_settings(cfg: DictConfig, switch_epoch: int | None) -> LoopSettings:
         log_interval=int(t.log_interval), checkpoint_interval=int(t.checkpoint_interval),
         checkpoint_interval_steps=t.checkpoint_interval_steps, max_bad_steps=int(t.max_bad_steps),
         grad_clip=t.grad_clip, limit_train_batches=t.limit_train_batches, switch_epoch=switch_epoch,
-        val_subset=t.val_subset,
+        val_subset=t.val_subset, step_mode=str(plain(t).get("step_mode", "eager")),
     )
 
 

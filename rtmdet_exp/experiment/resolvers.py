@@ -68,17 +68,9 @@ def paper(key: str, *, _root_: DictConfig) -> Any:
 
 def coco_num_classes(ann_file: str) -> int:
     """Number of categories in a COCO annotation file; errors name ``data.train_json`` and the file."""
-    import json
+    from rtmdet_exp.data.annotations import count_categories
 
-    from rtmdet_exp.experiment.errors import ConfigError
-
-    path = Path(ann_file)
-    if not path.is_file():
-        raise ConfigError(f"data.train_json: file not found: {path} (set data.train_json=... or data.num_classes=...)")
-    cats = json.loads(path.read_text()).get("categories")
-    if not cats:
-        raise ConfigError(f"data.train_json: {path} has no 'categories' list; is it a COCO instances file?")
-    return len(cats)
+    return count_categories(ann_file)
 
 
 def register_resolvers() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rtmdet_exp.engine.loggers import JsonlLogger, Logger
@@ -98,5 +99,5 @@ def print_results(summary: dict[str, Any], per_class: dict[str, float]) -> None:
         classes.add_column("class")
         classes.add_column("AP", justify="right")
         for name, ap in per_class.items():
-            classes.add_row(name, f"{ap:.4f}")
+            classes.add_row(escape(str(name)), f"{ap:.4f}")
         console.print(classes)

@@ -88,6 +88,9 @@ class RunSession:
 
     def load_checkpoint(self) -> tuple[Path, dict[str, Any]]:
         """The newest valid checkpoint; every invalid one is listed with its reason when none is valid."""
+        for stale in rundir.checkpoint_dir(self.run_dir).glob(".*.tmp"):  # a write cut short by a kill
+            log.info("removing %s, a checkpoint write that never finished", stale)
+            stale.unlink(missing_ok=True)
         problems = []
         for path in rundir.resumable_checkpoints(self.run_dir):
             try:

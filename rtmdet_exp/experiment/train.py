@@ -22,6 +22,7 @@ from rtmdet_exp.engine.step import TrainStep
 from rtmdet_exp.engine.validation import Validator
 from rtmdet_exp.experiment import build, distributed, rundir
 from rtmdet_exp.experiment.checks import check_config
+from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.experiment.context import LaunchContext
 from rtmdet_exp.experiment.recipe import format_card, recipe_card
 from rtmdet_exp.experiment.results import dry_run, final_summary, start_loggers
@@ -62,13 +63,17 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
         detector.to(memory_format=torch.channels_last)
     step_model = distributed.wrap(detector, device)
     optimizer = build.build_optimizer(cfg, detector, world)
-    step = TrainStep(detector, optimizer, build.build_schedule(cfg, optimizer, data.steps_per_epoch), device, bf16,
-                     channels_last, cfg.trainer.grad_clip, step_model)
+    settings = build.loop_settings(cfg, augment.switch_epoch)
+    ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma) if cfg.trainer.ema.enabled else None
+    try:  # the step updates the EMA; step_mode compile/cuda_graph compiles or captures it (before trainer.compile)
+        step = TrainStep(detector, optimizer, build.build_schedule(cfg, optimizer, data.steps_per_epoch), device,
+                         bf16, channels_last, cfg.trainer.grad_clip, step_model, ema=ema, mode=settings.step_mode)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     if cfg.trainer.compile:
         detector.network.compile()  # in place: parameter names (and so the EMA's) stay the same
-    ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma) if cfg.trainer.ema.enabled else None
     validator = Validator(data, device, bf16, channels_last, cfg.trainer.limit_val_batches, cfg.trainer.num_vis_images)
-    trainer = Trainer(step, data, validator, build.loop_settings(cfg, augment.switch_epoch),
+    trainer = Trainer(step, data, validator, settings,
                       rundir.RunCheckpoints(session.run_dir, cfg.trainer.keep_checkpoints), ema,
                       extra={"config": session.record_config(), "class_names": data.class_names,
                              "label_to_cat_id": data.label_to_cat_id})
