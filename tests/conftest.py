@@ -79,10 +79,11 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 300,
-            module: str | None = None) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` (or ``python -m MODULE ARGS``) in the repository; output captured."""
-    cmd = [sys.executable, "-m", module] if module else [sys.executable, "run.py"]
-    return subprocess.run([*cmd, *args], cwd=REPO, env=env or cli_env(), capture_output=True, text=True,
+            module: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` (or ``python -m MODULE ARGS``) in the repository (or ``cwd`` for a module);
+    output captured."""
+    cmd = [sys.executable, "-m", module] if module else [sys.executable, str(REPO / "run.py")]
+    return subprocess.run([*cmd, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -56,3 +56,25 @@ class Assigner(nn.Module):
         gt_mask: Tensor,
     ) -> AssignResult:
         raise NotImplementedError
+
+
+def check_inputs(
+    pred_logits: Tensor, pred_boxes: Tensor, priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor
+) -> None:
+    """Raise a ValueError naming the argument whose shape breaks the :class:`Assigner` contract."""
+    if pred_logits.dim() != 3:
+        raise ValueError(f"pred_logits must be [B, N, C]; got shape {tuple(pred_logits.shape)}")
+    num_images, num_priors, _ = pred_logits.shape
+    expected = {
+        "pred_boxes": (pred_boxes, (num_images, num_priors, 4)),
+        "priors": (priors, (num_priors, 4)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}; got {tuple(tensor.shape)}")
+    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != num_images or gt_boxes.shape[2] != 4:
+        raise ValueError(f"gt_boxes must be [B={num_images}, M, 4]; got {tuple(gt_boxes.shape)}")
+    num_gts = gt_boxes.shape[1]
+    for name, tensor in (("gt_labels", gt_labels), ("gt_mask", gt_mask)):
+        if tuple(tensor.shape) != (num_images, num_gts):
+            raise ValueError(f"{name} must have shape {(num_images, num_gts)}; got {tuple(tensor.shape)}")

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rtmdet_exp.assigners.base import Assigner, AssignResult
+from rtmdet_exp.assigners.base import Assigner, AssignResult, check_inputs
+from rtmdet_exp.assigners.geometry import center_distance, inside_box, inside_center
 from rtmdet_exp.ops.boxes import pairwise_iou
 
 _CLS_COSTS = ("soft", "hard", "none")
@@ -163,7 +164,7 @@ class DynamicSoftLabelAssigner(Assigner):
         gt_mask: Tensor,
     ) -> AssignResult:
         """Assign every prior of every image to a GT or to background (shapes: :class:`Assigner`)."""
-        _check_shapes(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask)
+        check_inputs(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask)
         num_images, num_priors, num_classes = pred_logits.shape
         num_gts = gt_boxes.shape[1]
         device = pred_logits.device
@@ -209,7 +210,7 @@ class DynamicSoftLabelAssigner(Assigner):
         costs that overflow are clamped to the dtype's max so they still rank below masked ones),
         ``ious [B, N, M]`` (IoU of each predicted box with each GT) and ``candidates [B, N]`` bool.
         """
-        _check_shapes(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask)
+        check_inputs(pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask)
         with torch.autocast(device_type=pred_logits.device.type, enabled=False):
             logits, boxes, priors, gt_boxes, gt_labels, gt_mask = self._prepare(
                 pred_logits, pred_boxes, priors, gt_boxes, gt_labels, gt_mask
@@ -326,9 +327,9 @@ class DynamicSoftLabelAssigner(Assigner):
         candidates = torch.zeros((num_images, priors.shape[0]), dtype=torch.bool, device=priors.device)
         for g0 in range(0, num_gts, gts_per_chunk):
             sl = slice(g0, g0 + gts_per_chunk)
-            region = _inside_box(priors, gt_boxes[:, sl])  # [b, m, N]
+            region = inside_box(priors, gt_boxes[:, sl])  # [b, m, N]
             if self.candidates == "box_or_center":
-                region |= _inside_center(priors, gt_boxes[:, sl], self.center_radius)
+                region |= inside_center(priors, gt_boxes[:, sl], self.center_radius)
             candidates |= (region & gt_mask[:, sl, None]).any(dim=1)
         return candidates
 
@@ -373,10 +374,10 @@ class DynamicSoftLabelAssigner(Assigner):
             else:
                 cost += (1.0 - ious).mul_(self.iou_weight)
         if self.center_prior == "soft":
-            distance = _center_distance(priors, gt_boxes).sub_(self.soft_center_radius)
+            distance = center_distance(priors, gt_boxes).sub_(self.soft_center_radius)
             cost += torch.pow(10.0, distance)
         elif self.center_prior == "hard":
-            outside = ~(_inside_box(priors, gt_boxes) & _inside_center(priors, gt_boxes, self.center_radius))
+            outside = ~(inside_box(priors, gt_boxes) & inside_center(priors, gt_boxes, self.center_radius))
             cost += outside.to(cost.dtype).mul_(self.hard_prior_cost)
         # Real costs may overflow (10^(d-3) beyond d ~ 41.5 strides in fp32): clamp them so that the
         # +inf of masked entries ranks strictly above every real cost.
@@ -405,57 +406,3 @@ class DynamicSoftLabelAssigner(Assigner):
         if per_prior is None:
             return F.softplus(-x)
         return per_prior[:, None, :] - x
-
-
-def _inside_box(priors: Tensor, boxes: Tensor) -> Tensor:
-    """``[b, m, N]`` bool: prior point strictly inside each box ``[b, m, 4]``.
-
-    Same answer as ``ops.boxes.points_inside_boxes`` (x > x1 iff x - x1 > 0 in IEEE arithmetic) but
-    with 1-byte comparisons instead of a stacked ``[..., 4]`` float tensor, to keep chunks small.
-    """
-    x = priors[None, None, :, 0]  # [1, 1, N]
-    y = priors[None, None, :, 1]
-    x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # [b, m, 1] each
-    return (x > x1) & (y > y1) & (x < x2) & (y < y2)
-
-
-def _inside_center(priors: Tensor, boxes: Tensor, radius: float) -> Tensor:
-    """``[b, m, N]`` bool: prior point strictly inside the square of +-radius*stride around each box centre."""
-    x = priors[None, None, :, 0]  # [1, 1, N]
-    y = priors[None, None, :, 1]
-    rx = priors[None, None, :, 2] * radius
-    ry = priors[None, None, :, 3] * radius
-    cx = ((boxes[..., 0] + boxes[..., 2]) / 2.0)[..., None]  # [b, m, 1]
-    cy = ((boxes[..., 1] + boxes[..., 3]) / 2.0)[..., None]
-    return (x > cx - rx) & (y > cy - ry) & (x < cx + rx) & (y < cy + ry)
-
-
-def _center_distance(priors: Tensor, boxes: Tensor) -> Tensor:
-    """``[b, m, N]``: distance from each prior point to each box centre, in units of the prior's stride_w."""
-    cx = ((boxes[..., 0] + boxes[..., 2]) / 2.0)[..., None]  # [b, m, 1]
-    cy = ((boxes[..., 1] + boxes[..., 3]) / 2.0)[..., None]
-    dx = priors[None, None, :, 0] - cx  # [b, m, N]
-    dy = priors[None, None, :, 1] - cy
-    return (dx.square() + dy.square()).sqrt() / priors[None, None, :, 2]
-
-
-def _check_shapes(
-    pred_logits: Tensor, pred_boxes: Tensor, priors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor
-) -> None:
-    """Raise a ValueError naming the argument whose shape breaks the :class:`Assigner` contract."""
-    if pred_logits.dim() != 3:
-        raise ValueError(f"pred_logits must be [B, N, C]; got shape {tuple(pred_logits.shape)}")
-    num_images, num_priors, _ = pred_logits.shape
-    expected = {
-        "pred_boxes": (pred_boxes, (num_images, num_priors, 4)),
-        "priors": (priors, (num_priors, 4)),
-    }
-    for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}; got {tuple(tensor.shape)}")
-    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != num_images or gt_boxes.shape[2] != 4:
-        raise ValueError(f"gt_boxes must be [B={num_images}, M, 4]; got {tuple(gt_boxes.shape)}")
-    num_gts = gt_boxes.shape[1]
-    for name, tensor in (("gt_labels", gt_labels), ("gt_mask", gt_mask)):
-        if tuple(tensor.shape) != (num_images, num_gts):
-            raise ValueError(f"{name} must have shape {(num_images, num_gts)}; got {tuple(tensor.shape)}")

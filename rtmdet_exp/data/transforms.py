@@ -15,23 +15,35 @@ Rules every transform here follows:
   so a transform used alone is reproducible; :class:`Compose.set_rng` (called by the two-stage pipeline
   with a per (seed, epoch, worker) generator) gives every transform its own child stream.
 - Sizes are ``(width, height)`` as in mmdet's ``img_scale`` / ``crop_size`` / ``Pad(size=...)``.
-- Box arithmetic is vectorised over boxes; the only Python loops are over the 4 mosaic tiles.
+- Box arithmetic is vectorised over boxes. The multi-image transforms (cached Mosaic and MixUp) are in
+  :mod:`rtmdet_exp.data.mixing`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import cv2
 import numpy as np
 
-Sample = dict[str, Any]
+from rtmdet_exp.data.sample_ops import (
+    Sample,
+    boxes_of,
+    clip_and_keep,
+    labels_of,
+    pad_colour,
+    positive_int,
+    probability,
+    range_pair,
+    resize,
+    scale_boxes,
+    shift_boxes,
+    size_pair,
+    with_changes,
+)
 
 __all__ = [
-    "CachedMixUp",
-    "CachedMosaic",
     "Compose",
     "FilterSmallBoxes",
     "HSVRandomAug",
@@ -42,117 +54,6 @@ __all__ = [
     "RandomResize",
     "RandomTransform",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# argument validation and small array helpers
-
-
-def _positive_int(value: Any, name: str) -> int:
-    """``value`` as an int >= 1, or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _size_pair(value: Any, name: str) -> tuple[int, int]:
-    """A ``(width, height)`` pair of positive ints; a single int means a square."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        side = _positive_int(value, name)
-        return side, side
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise ValueError(f"{name} must be an int or a (width, height) pair of ints, got {value!r}")
-    return _positive_int(value[0], f"{name}[0]"), _positive_int(value[1], f"{name}[1]")
-
-
-def _range_pair(value: Any, name: str, low: float = 0.0, strict_low: bool = True) -> tuple[float, float]:
-    """A ``(lo, hi)`` float pair with ``low < lo <= hi`` (``low <= lo`` when not ``strict_low``)."""
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}")
-    lo, hi = float(value[0]), float(value[1])
-    too_low = lo <= low if strict_low else lo < low
-    if too_low or hi < lo or not math.isfinite(hi):
-        bound = ">" if strict_low else ">="
-        raise ValueError(f"{name} must satisfy {bound} {low} and low <= high, got {value!r}")
-    return lo, hi
-
-
-def _probability(value: Any, name: str) -> float:
-    """A float in [0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _pad_colour(value: Any, name: str) -> tuple[int, int, int]:
-    """Padding colour: an int in [0, 255] (grey) or a BGR triple of such ints."""
-    values = [value] * 3 if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-    if not isinstance(values, Sequence) or isinstance(values, str) or len(values) != 3:
-        raise ValueError(f"{name} must be an int in [0, 255] or a BGR triple, got {value!r}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= 255 for v in values):
-        raise ValueError(f"{name} values must be ints in [0, 255], got {value!r}")
-    return int(values[0]), int(values[1]), int(values[2])
-
-
-def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear resize (mmcv's default); returns the input itself when the size is unchanged."""
-    if img.shape[1] == width and img.shape[0] == height:
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _canvas(height: int, width: int, colour: tuple[int, int, int]) -> np.ndarray:
-    """A new ``height x width x 3`` uint8 image filled with ``colour`` (np.full is ~40x faster than
-    assigning a BGR tuple, so grey fills take that path)."""
-    if colour[0] == colour[1] == colour[2]:
-        return np.full((height, width, 3), colour[0], dtype=np.uint8)
-    return cv2.copyMakeBorder(
-        np.empty((0, 0, 3), dtype=np.uint8), 0, height, 0, width, cv2.BORDER_CONSTANT, value=colour
-    )
-
-
-def _scale_boxes(boxes: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """``[K, 4]`` xyxy boxes scaled by ``sx`` along x and ``sy`` along y (a new float32 array)."""
-    return (boxes * np.array([sx, sy, sx, sy], dtype=np.float32)).astype(np.float32, copy=False)
-
-
-def _shift_boxes(boxes: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """``[K, 4]`` xyxy boxes translated by ``(dx, dy)`` (a new float32 array)."""
-    return (boxes + np.array([dx, dy, dx, dy], dtype=np.float32)).astype(np.float32, copy=False)
-
-
-def _clip_and_keep(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clip boxes to ``[0, width] x [0, height]`` and drop those left without area, with their labels."""
-    clipped = np.empty_like(boxes)
-    np.clip(boxes[:, 0::2], 0, width, out=clipped[:, 0::2])
-    np.clip(boxes[:, 1::2], 0, height, out=clipped[:, 1::2])
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])  # [K]
-    return clipped[keep], labels[keep]
-
-
-def _with(sample: Sample, **changes: Any) -> Sample:
-    """A shallow copy of ``sample`` with ``changes`` applied (the input dict stays untouched)."""
-    out = dict(sample)
-    out.update(changes)
-    return out
-
-
-def _boxes_of(sample: Sample) -> np.ndarray:
-    """The sample's boxes as float32 ``[K, 4]`` (an empty ``[0, 4]`` when absent)."""
-    boxes = sample.get("boxes")
-    if boxes is None:
-        return np.zeros((0, 4), dtype=np.float32)
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)  # [K, 4]
-
-
-def _labels_of(sample: Sample) -> np.ndarray:
-    """The sample's labels as int64 ``[K]``."""
-    labels = sample.get("labels")
-    if labels is None:
-        return np.zeros((0,), dtype=np.int64)
-    return np.asarray(labels, dtype=np.int64).reshape(-1)  # [K]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,8 +139,8 @@ class LetterboxResize:
     """
 
     def __init__(self, size: int, pad_value: int | Sequence[int] = 114) -> None:
-        self.size = _positive_int(size, "size")
-        self.pad_value = _pad_colour(pad_value, "pad_value")
+        self.size = positive_int(size, "size")
+        self.pad_value = pad_colour(pad_value, "pad_value")
 
     def __call__(self, sample: Sample) -> Sample:
         img = sample["img"]
@@ -247,13 +148,13 @@ class LetterboxResize:
         scale = self.size / max(h, w)
         new_w = min(self.size, max(1, int(round(w * scale))))
         new_h = min(self.size, max(1, int(round(h * scale))))
-        resized = _resize(img, new_w, new_h)
+        resized = resize(img, new_w, new_h)
         padded = cv2.copyMakeBorder(
             resized, 0, self.size - new_h, 0, self.size - new_w, cv2.BORDER_CONSTANT, value=self.pad_value
         )
         sx, sy = new_w / w, new_h / h
-        boxes, labels = _clip_and_keep(_scale_boxes(_boxes_of(sample), sx, sy), _labels_of(sample), new_w, new_h)
-        return _with(
+        boxes, labels = clip_and_keep(scale_boxes(boxes_of(sample), sx, sy), labels_of(sample), new_w, new_h)
+        return with_changes(
             sample,
             img=padded,
             boxes=boxes,
@@ -274,8 +175,8 @@ class Pad:
     """
 
     def __init__(self, size: int | Sequence[int], pad_value: int | Sequence[int] = 114) -> None:
-        self.size = _size_pair(size, "size")
-        self.pad_value = _pad_colour(pad_value, "pad_value")
+        self.size = size_pair(size, "size")
+        self.pad_value = pad_colour(pad_value, "pad_value")
 
     def __call__(self, sample: Sample) -> Sample:
         img = sample["img"]
@@ -284,9 +185,9 @@ class Pad:
         if h > height or w > width:
             raise ValueError(f"size={self.size} (w, h) is smaller than the image ({w}, {h}); crop before Pad")
         if (h, w) == (height, width):
-            return _with(sample)
+            return with_changes(sample)
         padded = cv2.copyMakeBorder(img, 0, height - h, 0, width - w, cv2.BORDER_CONSTANT, value=self.pad_value)
-        return _with(sample, img=padded)
+        return with_changes(sample, img=padded)
 
     def __repr__(self) -> str:
         return f"Pad(size={self.size}, pad_value={self.pad_value})"
@@ -304,10 +205,10 @@ class FilterSmallBoxes:
         self.min_size = float(min_size)
 
     def __call__(self, sample: Sample) -> Sample:
-        boxes, labels = _boxes_of(sample), _labels_of(sample)
+        boxes, labels = boxes_of(sample), labels_of(sample)
         wh = boxes[:, 2:] - boxes[:, :2]  # [K, 2]
         keep = (wh >= self.min_size).all(axis=1) & (wh > 0).all(axis=1)  # [K]
-        return _with(sample, boxes=boxes[keep], labels=labels[keep])
+        return with_changes(sample, boxes=boxes[keep], labels=labels[keep])
 
     def __repr__(self) -> str:
         return f"FilterSmallBoxes(min_size={self.min_size})"
@@ -332,8 +233,8 @@ class RandomResize(RandomTransform):
         keep_ratio: bool = True,
     ) -> None:
         super().__init__()
-        self.scale = _size_pair(scale, "scale")
-        self.ratio_range = _range_pair(ratio_range, "ratio_range")
+        self.scale = size_pair(scale, "scale")
+        self.ratio_range = range_pair(ratio_range, "ratio_range")
         if not isinstance(keep_ratio, bool):
             raise ValueError(f"keep_ratio must be a bool, got {keep_ratio!r}")
         self.keep_ratio = keep_ratio
@@ -348,10 +249,10 @@ class RandomResize(RandomTransform):
             new_w, new_h = max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5))
         else:
             new_w, new_h = max(1, int(target_w + 0.5)), max(1, int(target_h + 0.5))
-        resized = _resize(img, new_w, new_h)
-        boxes = _scale_boxes(_boxes_of(sample), new_w / w, new_h / h)
-        boxes, labels = _clip_and_keep(boxes, _labels_of(sample), new_w, new_h)
-        return _with(sample, img=resized, boxes=boxes, labels=labels)
+        resized = resize(img, new_w, new_h)
+        boxes = scale_boxes(boxes_of(sample), new_w / w, new_h / h)
+        boxes, labels = clip_and_keep(boxes, labels_of(sample), new_w, new_h)
+        return with_changes(sample, img=resized, boxes=boxes, labels=labels)
 
 
 class RandomCrop(RandomTransform):
@@ -366,7 +267,7 @@ class RandomCrop(RandomTransform):
 
     def __init__(self, crop_size: int | Sequence[int] = (640, 640), allow_negative_crop: bool = False) -> None:
         super().__init__()
-        self.crop_size = _size_pair(crop_size, "crop_size")
+        self.crop_size = size_pair(crop_size, "crop_size")
         if not isinstance(allow_negative_crop, bool):
             raise ValueError(f"allow_negative_crop must be a bool, got {allow_negative_crop!r}")
         self.allow_negative_crop = allow_negative_crop
@@ -374,7 +275,7 @@ class RandomCrop(RandomTransform):
     @staticmethod
     def _crop_boxes(boxes: np.ndarray, x0: int, y0: int, cw: int, ch: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes in window coordinates, clipped, and the mask of those with area left."""
-        shifted = _shift_boxes(boxes, -x0, -y0)
+        shifted = shift_boxes(boxes, -x0, -y0)
         np.clip(shifted[:, 0::2], 0, cw, out=shifted[:, 0::2])
         np.clip(shifted[:, 1::2], 0, ch, out=shifted[:, 1::2])
         keep = (shifted[:, 2] > shifted[:, 0]) & (shifted[:, 3] > shifted[:, 1])  # [K]
@@ -385,7 +286,7 @@ class RandomCrop(RandomTransform):
         h, w = img.shape[:2]
         cw, ch = min(self.crop_size[0], w), min(self.crop_size[1], h)
         margin_x, margin_y = w - cw, h - ch
-        boxes, labels = _clip_and_keep(_boxes_of(sample), _labels_of(sample), w, h)
+        boxes, labels = clip_and_keep(boxes_of(sample), labels_of(sample), w, h)
         x0 = int(self.rng.integers(0, margin_x + 1))
         y0 = int(self.rng.integers(0, margin_y + 1))
         shifted, keep = self._crop_boxes(boxes, x0, y0, cw, ch)
@@ -399,7 +300,7 @@ class RandomCrop(RandomTransform):
             y0 = int(self.rng.integers(lo_y, hi_y + 1))
             shifted, keep = self._crop_boxes(boxes, x0, y0, cw, ch)
         cropped = img[y0 : y0 + ch, x0 : x0 + cw]
-        return _with(sample, img=np.ascontiguousarray(cropped), boxes=shifted[keep], labels=labels[keep])
+        return with_changes(sample, img=np.ascontiguousarray(cropped), boxes=shifted[keep], labels=labels[keep])
 
 
 class HSVRandomAug(RandomTransform):
@@ -429,7 +330,7 @@ class HSVRandomAug(RandomTransform):
     def __call__(self, sample: Sample) -> Sample:
         gains = self.draw_gains()
         if not gains.any():
-            return _with(sample)
+            return with_changes(sample)
         hsv = cv2.cvtColor(sample["img"], cv2.COLOR_BGR2HSV)
         x = np.arange(256, dtype=np.int64)
         lut_h = ((x + gains[0]) % 180).astype(np.uint8)
@@ -437,7 +338,7 @@ class HSVRandomAug(RandomTransform):
         lut_v = np.clip(x + gains[2], 0, 255).astype(np.uint8)
         h, s, v = cv2.split(hsv)
         hsv = cv2.merge((cv2.LUT(h, lut_h), cv2.LUT(s, lut_s), cv2.LUT(v, lut_v)))
-        return _with(sample, img=cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
+        return with_changes(sample, img=cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
 
 
 class RandomFlip(RandomTransform):
@@ -445,198 +346,13 @@ class RandomFlip(RandomTransform):
 
     def __init__(self, prob: float = 0.5) -> None:
         super().__init__()
-        self.prob = _probability(prob, "prob")
+        self.prob = probability(prob, "prob")
 
     def __call__(self, sample: Sample) -> Sample:
         if not self.rng.random() < self.prob:
-            return _with(sample)
+            return with_changes(sample)
         img = sample["img"]
         w = img.shape[1]
-        boxes = _boxes_of(sample)
+        boxes = boxes_of(sample)
         flipped = np.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), axis=1)  # [K, 4]
-        return _with(sample, img=cv2.flip(img, 1), boxes=flipped.astype(np.float32), labels=_labels_of(sample))
-
-
-# ----------------------------------------------------------------------------------------------
-# cached multi-image transforms
-
-
-class _SampleCache(RandomTransform):
-    """A bounded cache of earlier samples shared by the cached Mosaic and MixUp (mmdet semantics).
-
-    Every sample is pushed before it is transformed; past ``max_cached_images`` one item is evicted, at a
-    random position with ``random_pop`` (so old images can stay) or the oldest otherwise (FIFO).
-    The cache stores references, which is safe because transforms never mutate their inputs.
-    """
-
-    def __init__(self, max_cached_images: int, random_pop: bool, prob: float, min_items: int) -> None:
-        super().__init__()
-        self.max_cached_images = _positive_int(max_cached_images, "max_cached_images")
-        if self.max_cached_images < min_items:
-            raise ValueError(f"max_cached_images must be >= {min_items}, got {max_cached_images!r}")
-        if not isinstance(random_pop, bool):
-            raise ValueError(f"random_pop must be a bool, got {random_pop!r}")
-        self.random_pop = random_pop
-        self.prob = _probability(prob, "prob")
-        self._cache: list[Sample] = []
-
-    def reset(self) -> None:
-        """Empty the cache."""
-        self._cache.clear()
-
-    def _push(self, sample: Sample) -> None:
-        self._cache.append(sample)
-        if len(self._cache) > self.max_cached_images:
-            index = int(self.rng.integers(0, len(self._cache))) if self.random_pop else 0
-            self._cache.pop(index)
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-
-class CachedMosaic(_SampleCache):
-    """Cached Mosaic (mmdet ``CachedMosaic``): the sample and 3 cached ones tiled on a 2x ``img_scale`` canvas.
-
-    Until the cache holds more than 4 samples (and with probability ``1 - prob``) the sample passes
-    through. Otherwise each tile is resized so it fits in ``img_scale`` (keep ratio) and placed with a
-    corner on a random centre ``U(center_ratio_range) * img_scale``: the sample top-left, then top-right,
-    bottom-left and bottom-right. Tiles only reach past the canvas edge, so clipping boxes to the canvas
-    is exact; boxes left without area are dropped. Tiles are drawn with replacement (the sample itself may
-    be drawn), as mmdet does.
-    """
-
-    def __init__(
-        self,
-        img_scale: int | Sequence[int] = (640, 640),
-        center_ratio_range: Sequence[float] = (0.5, 1.5),
-        max_cached_images: int = 40,
-        random_pop: bool = True,
-        prob: float = 1.0,
-        pad_value: int | Sequence[int] = 114,
-    ) -> None:
-        super().__init__(max_cached_images, random_pop, prob, min_items=4)
-        self.img_scale = _size_pair(img_scale, "img_scale")
-        self.center_ratio_range = _range_pair(center_ratio_range, "center_ratio_range", low=0.0, strict_low=False)
-        if self.center_ratio_range[1] > 2.0:
-            raise ValueError(f"center_ratio_range must lie in [0, 2], got {center_ratio_range!r}")
-        self.pad_value = _pad_colour(pad_value, "pad_value")
-
-    def __call__(self, sample: Sample) -> Sample:
-        self._push(sample)
-        if len(self._cache) <= 4 or self.rng.random() >= self.prob:
-            return sample
-        others = self.rng.integers(0, len(self._cache), 3)
-        return self.tile(sample, [self._cache[int(i)] for i in others])
-
-    def tile(self, sample: Sample, others: Sequence[Sample]) -> Sample:
-        """The mosaic of ``sample`` (top-left) and three ``others``; a non-cached Mosaic loads the
-        three from disk for every sample and calls this (the benchmark's uncached baseline)."""
-        if len(others) != 3:
-            raise ValueError(f"others must hold 3 samples, got {len(others)}")
-        tiles = [sample, *others]
-        scale_w, scale_h = self.img_scale
-        canvas_w, canvas_h = 2 * scale_w, 2 * scale_h
-        canvas = _canvas(canvas_h, canvas_w, self.pad_value)
-        cx = int(self.rng.uniform(*self.center_ratio_range) * scale_w)
-        cy = int(self.rng.uniform(*self.center_ratio_range) * scale_h)
-        all_boxes, all_labels = [], []
-        for corner, tile in enumerate(tiles):
-            img = tile["img"]
-            h, w = img.shape[:2]
-            factor = min(scale_w / w, scale_h / h)
-            tw, th = max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5))
-            resized = _resize(img, tw, th)
-            # paste window on the canvas; the tile's corner that touches the centre is kept
-            left = corner in (0, 2)
-            top = corner in (0, 1)
-            px1, px2 = (max(cx - tw, 0), cx) if left else (cx, min(cx + tw, canvas_w))
-            py1, py2 = (max(cy - th, 0), cy) if top else (cy, min(cy + th, canvas_h))
-            cx1 = tw - (px2 - px1) if left else 0
-            cy1 = th - (py2 - py1) if top else 0
-            canvas[py1:py2, px1:px2] = resized[cy1 : cy1 + (py2 - py1), cx1 : cx1 + (px2 - px1)]
-            boxes = _scale_boxes(_boxes_of(tile), tw / w, th / h)
-            all_boxes.append(_shift_boxes(boxes, px1 - cx1, py1 - cy1))
-            all_labels.append(_labels_of(tile))
-        boxes, labels = _clip_and_keep(np.concatenate(all_boxes), np.concatenate(all_labels), canvas_w, canvas_h)
-        return _with(sample, img=canvas, boxes=boxes, labels=labels)
-
-
-class CachedMixUp(_SampleCache):
-    """Cached MixUp (mmdet ``CachedMixUp``): blend the sample 0.5/0.5 with a cached one; boxes concatenated.
-
-    Until the cache holds more than 1 sample (and with probability ``1 - prob``) the sample passes
-    through. A cached sample (up to ``max_iters`` draws to find one with boxes) is resized to fit in
-    ``img_scale`` (keep ratio, padded bottom/right), scaled by ``U(ratio_range)``, flipped horizontally
-    with probability ``flip_ratio``, padded to at least the sample's size and cropped at a random offset
-    to it. In the RTMDet pipeline the cache holds already mosaicked, padded samples, so two mosaics mix.
-    Note ``flip_ratio`` is the flip probability here (mmdet flips when ``U(0, 1) > flip_ratio``; the
-    same at the default 0.5).
-    """
-
-    def __init__(
-        self,
-        img_scale: int | Sequence[int] = (640, 640),
-        ratio_range: Sequence[float] = (1.0, 1.0),
-        max_cached_images: int = 20,
-        random_pop: bool = True,
-        prob: float = 1.0,
-        flip_ratio: float = 0.5,
-        pad_value: int | Sequence[int] = 114,
-        max_iters: int = 15,
-    ) -> None:
-        super().__init__(max_cached_images, random_pop, prob, min_items=2)
-        self.img_scale = _size_pair(img_scale, "img_scale")
-        self.ratio_range = _range_pair(ratio_range, "ratio_range")
-        self.flip_ratio = _probability(flip_ratio, "flip_ratio")
-        self.pad_value = _pad_colour(pad_value, "pad_value")
-        self.max_iters = _positive_int(max_iters, "max_iters")
-
-    def __call__(self, sample: Sample) -> Sample:
-        self._push(sample)
-        if len(self._cache) <= 1 or self.rng.random() >= self.prob:
-            return sample
-        for _ in range(self.max_iters):
-            other = self._cache[int(self.rng.integers(0, len(self._cache)))]
-            if len(_boxes_of(other)):
-                break
-        return self.blend(sample, other)
-
-    def blend(self, sample: Sample, other: Sample) -> Sample:
-        """Mix ``other`` into ``sample`` (jitter, flip, offset drawn from ``self.rng``); a non-cached
-        MixUp loads ``other`` from disk for every sample and calls this."""
-        jitter = self.rng.uniform(*self.ratio_range)
-        flip = bool(self.rng.random() < self.flip_ratio)
-
-        # the other image, fitted into img_scale and padded bottom/right, then jittered and flipped
-        scale_w, scale_h = self.img_scale
-        img = other["img"]
-        h, w = img.shape[:2]
-        factor = min(scale_w / w, scale_h / h)
-        fw, fh = max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5))
-        fitted = _canvas(scale_h, scale_w, self.pad_value)
-        fitted[:fh, :fw] = _resize(img, fw, fh)
-        jw, jh = max(1, int(scale_w * jitter + 0.5)), max(1, int(scale_h * jitter + 0.5))
-        fitted = _resize(fitted, jw, jh)
-        boxes = _scale_boxes(_boxes_of(other), fw / w * jw / scale_w, fh / h * jh / scale_h)
-        if flip:
-            fitted = cv2.flip(fitted, 1)
-            boxes = np.stack((jw - boxes[:, 2], boxes[:, 1], jw - boxes[:, 0], boxes[:, 3]), axis=1)  # [K, 4]
-
-        # place it on a canvas at least the sample's size and cut the sample's size at a random offset
-        base = sample["img"]
-        bh, bw = base.shape[:2]
-        canvas_h, canvas_w = max(jh, bh), max(jw, bw)
-        if (canvas_h, canvas_w) != (jh, jw):
-            canvas = _canvas(canvas_h, canvas_w, self.pad_value)
-            canvas[:jh, :jw] = fitted
-        else:
-            canvas = fitted
-        x0 = int(self.rng.integers(0, canvas_w - bw + 1))
-        y0 = int(self.rng.integers(0, canvas_h - bh + 1))
-        window = canvas[y0 : y0 + bh, x0 : x0 + bw]
-        mixed = cv2.addWeighted(base, 0.5, window, 0.5, 0.0)
-        boxes = _shift_boxes(boxes, -x0, -y0)
-        all_boxes = np.concatenate((_boxes_of(sample), boxes))
-        all_labels = np.concatenate((_labels_of(sample), _labels_of(other)))
-        all_boxes, all_labels = _clip_and_keep(all_boxes, all_labels, bw, bh)
-        return _with(sample, img=mixed, boxes=all_boxes, labels=all_labels)
+        return with_changes(sample, img=cv2.flip(img, 1), boxes=flipped.astype(np.float32), labels=labels_of(sample))

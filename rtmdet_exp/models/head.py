@@ -58,28 +58,10 @@ class RTMDetHead(nn.Module):
         bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        if feat_channels is None:
-            feat_channels = in_channels
-        for name, value, low in (
-            ("in_channels", in_channels, 1),
-            ("num_classes", num_classes, 1),
-            ("feat_channels", feat_channels, 1),
-            ("stacked_convs", stacked_convs, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        feat_channels = in_channels if feat_channels is None else feat_channels
         strides = tuple(strides)
-        if not strides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
-            raise ValueError(f"strides must be a non-empty sequence of integers >= 1, got {strides!r}")
-        check_odd_kernel(pred_kernel_size, "pred_kernel_size")
-        if not 0.0 < prior_prob < 1.0:
-            raise ValueError(f"prior_prob must lie strictly between 0 and 1, got {prior_prob!r}")
-        if not share_conv and not sep_bn:
-            raise ValueError(
-                "sep_bn=False (BN shared across levels) needs share_conv=True; valid pairs are "
-                "(share_conv=True, sep_bn=True) SepBN, (True, False) fully shared, (False, True) separated"
-            )
-
+        _check_args(in_channels, num_classes, feat_channels, stacked_convs, share_conv, sep_bn, strides,
+                    pred_kernel_size, prior_prob)
         self.num_classes = num_classes
         self.strides = strides
         self.exp_on_reg = exp_on_reg
@@ -87,29 +69,9 @@ class RTMDetHead(nn.Module):
         self.sep_bn = sep_bn
         self.prior_prob = prior_prob
         norm = {"bn_momentum": bn_momentum, "bn_eps": bn_eps}
-
-        def tower() -> nn.ModuleList:
-            return nn.ModuleList(
-                ConvBNAct(in_channels if i == 0 else feat_channels, feat_channels, 3, **norm)
-                for i in range(stacked_convs)
-            )
-
+        self.cls_convs = _towers(in_channels, feat_channels, stacked_convs, len(strides), share_conv, sep_bn, norm)
+        self.reg_convs = _towers(in_channels, feat_channels, stacked_convs, len(strides), share_conv, sep_bn, norm)
         num_levels = len(strides)
-        if share_conv and not sep_bn:
-            cls_tower, reg_tower = tower(), tower()
-            # The same ConvBNAct objects (conv and BN) at every level.
-            self.cls_convs = nn.ModuleList(cls_tower for _ in range(num_levels))
-            self.reg_convs = nn.ModuleList(reg_tower for _ in range(num_levels))
-        else:
-            self.cls_convs = nn.ModuleList(tower() for _ in range(num_levels))
-            self.reg_convs = nn.ModuleList(tower() for _ in range(num_levels))
-            if share_conv:
-                # SepBN: tie every level's conv to level 0's, keep the per-level BN.
-                for level in range(1, num_levels):
-                    for towers in (self.cls_convs, self.reg_convs):
-                        for i in range(stacked_convs):
-                            towers[level][i].conv = towers[0][i].conv
-
         pad = pred_kernel_size // 2
         self.rtm_cls = nn.ModuleList(
             nn.Conv2d(feat_channels, num_classes, pred_kernel_size, padding=pad) for _ in range(num_levels)
@@ -150,3 +112,46 @@ class RTMDetHead(nn.Module):
             reg = self.rtm_reg[level](reg_feat)
             bbox_dists.append((reg.exp() if self.exp_on_reg else reg) * stride)
         return cls_scores, bbox_dists
+
+
+def _check_args(in_channels: int, num_classes: int, feat_channels: int, stacked_convs: int, share_conv: bool,
+                sep_bn: bool, strides: tuple, pred_kernel_size: int, prior_prob: float) -> None:
+    """Raise a ValueError naming the first argument of :class:`RTMDetHead` that cannot work."""
+    for name, value, low in (
+        ("in_channels", in_channels, 1),
+        ("num_classes", num_classes, 1),
+        ("feat_channels", feat_channels, 1),
+        ("stacked_convs", stacked_convs, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not strides or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
+        raise ValueError(f"strides must be a non-empty sequence of integers >= 1, got {strides!r}")
+    check_odd_kernel(pred_kernel_size, "pred_kernel_size")
+    if not 0.0 < prior_prob < 1.0:
+        raise ValueError(f"prior_prob must lie strictly between 0 and 1, got {prior_prob!r}")
+    if not share_conv and not sep_bn:
+        raise ValueError(
+            "sep_bn=False (BN shared across levels) needs share_conv=True; valid pairs are "
+            "(share_conv=True, sep_bn=True) SepBN, (True, False) fully shared, (False, True) separated"
+        )
+
+
+def _towers(in_channels: int, feat_channels: int, stacked_convs: int, num_levels: int, share_conv: bool,
+            sep_bn: bool, norm: dict) -> nn.ModuleList:
+    """One tower of ``stacked_convs`` ConvBNAct per level, shared as the head's sharing mode says."""
+
+    def tower() -> nn.ModuleList:
+        return nn.ModuleList(
+            ConvBNAct(in_channels if i == 0 else feat_channels, feat_channels, 3, **norm) for i in range(stacked_convs)
+        )
+
+    if share_conv and not sep_bn:
+        shared = tower()  # the same ConvBNAct objects (conv and BN) at every level
+        return nn.ModuleList(shared for _ in range(num_levels))
+    towers = nn.ModuleList(tower() for _ in range(num_levels))
+    if share_conv:  # SepBN: tie every level's conv to level 0's, keep the per-level BN
+        for level in range(1, num_levels):
+            for i in range(stacked_convs):
+                towers[level][i].conv = towers[0][i].conv
+    return towers

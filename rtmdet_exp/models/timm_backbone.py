@@ -119,34 +119,8 @@ class TimmBackbone(nn.Module):
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
-        if not isinstance(model_name, str) or not model_name:
-            raise ValueError(f"model_name must be a timm model name, got {model_name!r}")
-        cspnext_only = sorted(_CSPNEXT_ONLY & set(timm_kwargs))
-        if cspnext_only:
-            raise ValueError(
-                f"{', '.join(cspnext_only)}: CSPNeXt-only option(s), not valid with the timm backbone "
-                f"'{model_name}'; drop the kernel=/attention=/arch= overrides (the neck's depthwise "
-                "kernel is model.neck.kernel_size)"
-            )
-        reserved = sorted(_RESERVED & set(timm_kwargs))
-        if reserved:
-            raise ValueError(
-                f"{', '.join(reserved)}: set by TimmBackbone itself (never downloads); "
-                "use out_indices= and pretrained_path= instead"
-            )
-        if not timm.is_model(model_name):
-            close = _close_model_names(model_name)
-            hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models('*resnet*')"
-            raise ValueError(f"model_name: '{model_name}' is not a timm model; {hint}")
         out_indices = tuple(out_indices)
-        if len(out_indices) != len(REQUIRED_STRIDES) or any(
-            isinstance(i, bool) or not isinstance(i, int) for i in out_indices
-        ):
-            raise ValueError(
-                f"out_indices must be {len(REQUIRED_STRIDES)} integers (levels of strides "
-                f"{REQUIRED_STRIDES}), got {out_indices!r}"
-            )
-
+        _check_args(model_name, out_indices, timm_kwargs)
         self.model_name = model_name
         try:
             self.model = timm.create_model(
@@ -162,18 +136,7 @@ class TimmBackbone(nn.Module):
 
         self.out_channels: tuple[int, ...] = tuple(int(c) for c in self.model.feature_info.channels())
         self.strides: tuple[int, ...] = tuple(int(r) for r in self.model.feature_info.reduction())
-        if self.strides != REQUIRED_STRIDES:
-            all_reductions = [int(info["reduction"]) for info in self.model.feature_info.info]
-            fix = _suggest_out_indices(all_reductions)
-            how = (
-                f"use out_indices={list(fix)}"
-                if fix is not None
-                else f"it has no level at some of the strides {REQUIRED_STRIDES}; pick another model"
-            )
-            raise ValueError(
-                f"timm model '{model_name}' with out_indices={list(out_indices)} gives strides "
-                f"{self.strides}, the detector needs {REQUIRED_STRIDES} (all levels: {all_reductions}); {how}"
-            )
+        _check_strides(model_name, out_indices, self.strides, self.model.feature_info.info)
         for m in self.model.modules():
             if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):  # timm's BatchNormAct2d included
                 if bn_momentum is not None:
@@ -266,3 +229,49 @@ class TimmBackbone(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """``x`` [B, 3, H, W] -> maps [B, out_channels[i], H / s, W / s] for s = 8, 16, 32."""
         return tuple(self.model(x))
+
+
+def _check_args(model_name: str, out_indices: tuple, timm_kwargs: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming the argument of :class:`TimmBackbone` that cannot work."""
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f"model_name must be a timm model name, got {model_name!r}")
+    cspnext_only = sorted(_CSPNEXT_ONLY & set(timm_kwargs))
+    if cspnext_only:
+        raise ValueError(
+            f"{', '.join(cspnext_only)}: CSPNeXt-only option(s), not valid with the timm backbone "
+            f"'{model_name}'; drop the kernel=/attention=/arch= overrides (the neck's depthwise "
+            "kernel is model.neck.kernel_size)"
+        )
+    reserved = sorted(_RESERVED & set(timm_kwargs))
+    if reserved:
+        raise ValueError(
+            f"{', '.join(reserved)}: set by TimmBackbone itself (never downloads); "
+            "use out_indices= and pretrained_path= instead"
+        )
+    if not timm.is_model(model_name):
+        close = _close_model_names(model_name)
+        hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models('*resnet*')"
+        raise ValueError(f"model_name: '{model_name}' is not a timm model; {hint}")
+    if len(out_indices) != len(REQUIRED_STRIDES) or any(isinstance(i, bool) or not isinstance(i, int)
+                                                        for i in out_indices):
+        raise ValueError(
+            f"out_indices must be {len(REQUIRED_STRIDES)} integers (levels of strides "
+            f"{REQUIRED_STRIDES}), got {out_indices!r}"
+        )
+
+
+def _check_strides(model_name: str, out_indices: tuple, strides: tuple[int, ...], info: Sequence[Mapping]) -> None:
+    """The chosen levels must have the strides the detector's head and priors assume."""
+    if strides == REQUIRED_STRIDES:
+        return
+    all_reductions = [int(level["reduction"]) for level in info]
+    fix = _suggest_out_indices(all_reductions)
+    how = (
+        f"use out_indices={list(fix)}"
+        if fix is not None
+        else f"it has no level at some of the strides {REQUIRED_STRIDES}; pick another model"
+    )
+    raise ValueError(
+        f"timm model '{model_name}' with out_indices={list(out_indices)} gives strides "
+        f"{strides}, the detector needs {REQUIRED_STRIDES} (all levels: {all_reductions}); {how}"
+    )

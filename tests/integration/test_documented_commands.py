@@ -93,7 +93,7 @@ def test_documented_command_works(command: Command, sweep: Path, coco_dataset: P
     if tool_of(real) in ("run.py", "torchrun"):
         check_run(real, tmp_path)
     else:
-        proc = run_cli(real.argv[3:], module=real.argv[2], timeout=600)
+        proc = run_cli(real.argv[3:], module=real.argv[2], timeout=600, cwd=tmp_path)  # default outputs go there
         assert proc.returncode == 0, f"{real}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         assert "Traceback" not in proc.stderr
 

@@ -21,9 +21,8 @@ from omegaconf import OmegaConf
 from rtmdet_exp.data.pipelines import Augment, TwoStagePipeline, seed_worker
 from rtmdet_exp.experiment import compose
 from rtmdet_exp.experiment.build import instantiate, plain
+from rtmdet_exp.data.mixing import CachedMixUp, CachedMosaic
 from rtmdet_exp.data.transforms import (
-    CachedMixUp,
-    CachedMosaic,
     Compose,
     FilterSmallBoxes,
     HSVRandomAug,
