@@ -15,6 +15,7 @@ Folders are computed once per process (Hydra may resolve ``hydra.run.dir`` more 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +40,25 @@ def _identity(root: DictConfig) -> str:
     return rundir.identity(config, _task_overrides(root))
 
 
-def run_dir(*, _root_: DictConfig) -> str:
-    """``hydra.run.dir`` of a single run."""
-    parent = Path(rundir.OUTPUTS) / _identity(_root_)
-    resume = bool(_root_.get("resume", False))
+def _folder(parent: Path, resume: bool, find: Callable[[Path], Path | None]) -> str:
+    """A new ``parent/<launch time>`` folder, or with ``resume`` the one ``find`` picks; once per process."""
     key = (str(parent), resume)
     if key not in _folders:
-        found = rundir.newest_unfinished(parent) if resume else None
+        found = find(parent) if resume else None
         _folders[key] = str(found or parent / rundir.instance_name())
     return _folders[key]
+
+
+def run_dir(*, _root_: DictConfig) -> str:
+    """``hydra.run.dir`` of a single run: resume continues the newest unfinished run of the same identity."""
+    parent = Path(rundir.OUTPUTS) / _identity(_root_)
+    return _folder(parent, bool(_root_.get("resume", False)), rundir.newest_unfinished)
 
 
 def sweep_dir(name: str = "", *, _root_: DictConfig) -> str:
-    """``hydra.sweep.dir`` of a multirun."""
+    """``hydra.sweep.dir`` of a multirun: resume continues the newest sweep folder of that name."""
     parent = Path(rundir.MULTIRUN) / (rundir._safe(name) if name else _identity(_root_))
-    resume = bool(_root_.get("resume", False))
-    key = (str(parent), resume)
-    if key not in _folders:
-        found = rundir.newest_folder(parent) if resume else None
-        _folders[key] = str(found or parent / rundir.instance_name())
-    return _folders[key]
+    return _folder(parent, bool(_root_.get("resume", False)), rundir.newest_folder)
 
 
 def paper(key: str, *, _root_: DictConfig) -> Any:
