@@ -57,7 +57,7 @@ def run_dir(*, _root_: DictConfig) -> str:
 
 def sweep_dir(name: str = "", *, _root_: DictConfig) -> str:
     """``hydra.sweep.dir`` of a multirun: resume continues the newest sweep folder of that name."""
-    parent = Path(rundir.MULTIRUN) / (rundir._safe(name) if name else _identity(_root_))
+    parent = Path(rundir.MULTIRUN) / (rundir.safe_name(name) if name else _identity(_root_))
     return _folder(parent, bool(_root_.get("resume", False)), rundir.newest_folder)
 
 

@@ -124,12 +124,12 @@ def identity(config: Mapping[str, Any], overrides: Sequence[str]) -> str:
     """Folder name of an experiment: ``run_name``, else its defining overrides and config hash."""
     name = config.get("run_name")
     if name:
-        return _safe(str(name))
+        return safe_name(str(name))
     slug = ",".join(defining_overrides(overrides)) or str(config.get("experiment_name") or "default")
-    return f"{_safe(slug)[:80]}-{config_hash(config)}"
+    return f"{safe_name(slug)[:80]}-{config_hash(config)}"
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
     """A folder-name-safe version of ``text`` (no separators, no spaces)."""
     return re.sub(r"[^A-Za-z0-9=,.+_-]+", "_", text).strip("._") or "run"
 
@@ -167,7 +167,7 @@ def instance_name(when: float | None = None) -> str:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     multi_node = int(os.environ.get("WORLD_SIZE", 1)) > int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1)
     if multi_node and run_id not in ("", "none"):
-        return _safe(run_id)
+        return safe_name(run_id)
     stamp = launch_time() if when is None else when
     return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d_%H-%M-%S-%f")[:-4]  # centiseconds
 
