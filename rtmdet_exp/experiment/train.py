@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig
 
 from rtmdet_exp.engine.ema import ModelEMA
-from rtmdet_exp.engine.loggers import JsonlLogger
 from rtmdet_exp.engine.loop import TerminatedError, Trainer, is_main_process, seed_everything
 from rtmdet_exp.engine.step import TrainStep
 from rtmdet_exp.engine.validation import Validator
