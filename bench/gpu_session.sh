@@ -1,33 +1,72 @@
 #!/usr/bin/env bash
-# One batched GPU session (device tool): install the carried wheels, then run the benchmarks and
-# short real trainings. Results land in $OUT (JSON + logs). Usage on the device machine:
-#   bash bench/gpu_session.sh [bench|recipes|all]
+# The GPU benchmark session, as one device command of at most 10 minutes (several GPUs when lent):
+#   bash bench/gpu_session.sh            (the throughput benchmarks below)
+#   bash bench/gpu_session.sh recipes    (the CPU-default recipe candidates of bench/recipes.txt, fp32)
+# Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
+# the wheels, then runs the benchmarks in order of importance, each with a time limit cut to what is
+# left of the budget, and puts every JSON plus one tarball of logs into $OUT (<= 8 files):
+#   train_step.json          bare step: eager, cuda_graph and Ultralytics YOLOv8s (target >= 1.55x)
+#   e2e.json                 run.py end to end, rtmdet_s 640 batch 32, cuda_graph and eager
+#   peer.json                Ultralytics YOLOv8s end to end on the same images
+#   short.json               rtmdet_tiny 320 batch 8, 68 images, 150 epochs, cuda_graph
+#   ddp.json                 torchrun end to end on 2 and 4 GPUs (those present)
+#   train_step_compile.json  bare step with step_mode=compile (Inductor build time in first_s)
+#   logs.tgz                 every run's log and the machine description
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
-  && export PYTHONPATH=$PWD/.site:$PWD WANDB_MODE=offline PYTHONUNBUFFERED=1 || exit 1
+START=$SECONDS
+BUDGET=${BUDGET:-575}  # seconds for everything, install included
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-what=${1:-all}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+LOGS=/tmp/bench_logs
+mkdir -p "$OUT" "$LOGS"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
+  > "$LOGS/pip.log" 2>&1 || { echo "wheel install failed"; tail -20 "$LOGS/pip.log"; exit 1; }
+export PYTHONPATH=$PWD/.site:$PWD WANDB_MODE=disabled PYTHONUNBUFFERED=1 RTMDET_DATA=/tmp/rtmdet_data
+export YOLO_OFFLINE=1 YOLO_VERBOSE=False
 
-if [[ $what == bench || $what == all ]]; then
-  python3 bench/assigner.py --device cuda --out "$OUT/assigner.json" 2>&1 | tail -25
-  python3 bench/train_step.py --model rtmdet_s --batch 32 --size 640 --compile --out "$OUT/train_step_s.json" 2>&1 | tail -8
-fi
+# run SECONDS NAME CMD...: CMD with a limit of SECONDS, cut to the budget left; its output in $LOGS/NAME.log
+run() {
+  local limit=$1 name=$2; shift 2
+  local left=$(( BUDGET - (SECONDS - START) ))
+  if (( left < 30 )); then echo "== $name: skipped, ${left}s left"; return; fi
+  (( limit > left )) && limit=$left
+  echo "== $name (limit ${limit}s, $(( SECONDS - START ))s used)"
+  timeout -k 10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  echo "   exit $?"; grep -vE "Warning|warn\(" "$LOGS/$name.log" | tail -14
+}
 
-if [[ $what == recipes || $what == all ]]; then
-  export RTMDET_DATA=/tmp/rtmdet_data
-  # Candidate CPU-default recipes, run in fp32 on the GPU (same numerics as the CPU run) to see
-  # which reaches mAP50 >= 0.5 on the built-in val split; their CPU wall time is measured on CPU.
+{ nvidia-smi; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0), \
+torch.cuda.device_count(), 'GPUs')"; python3 -c "import ultralytics; print('ultralytics', ultralytics.__version__)"; \
+} > "$LOGS/machine.log" 2>&1
+head -3 "$LOGS/machine.log" | tail -1; tail -2 "$LOGS/machine.log"
+GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
+WORKERS=$(( $(nproc) / (GPUS > 0 ? GPUS : 1) - 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 2 )) && WORKERS=2
+
+if [[ ${1:-bench} == recipes ]]; then  # item 5: which CPU-default recipe reaches mAP50 >= 0.55 (fp32 as on the CPU)
   i=0
   while read -r line; do
     [[ -z $line ]] && continue
-    i=$((i+1))
-    echo "== recipe $i: $line"
-    python3 run.py trainer.device=cuda trainer.precision=fp32 data.num_workers=8 $line \
-      hydra.run.dir="/tmp/runs/recipe_$i" 2>&1 | grep -E "val/mAP |val/mAP50 |train_time|Error|error" | head -8
+    i=$((i + 1))
+    run 150 "recipe_$i" python3 run.py trainer.device=cuda trainer.precision=fp32 data.num_workers=8 $line \
+      hydra.run.dir="/tmp/runs/recipe_$i"
     cp "/tmp/runs/recipe_$i/results.json" "$OUT/recipe_$i.json" 2>/dev/null
-    python3 -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; print(' curve:', [(r['epoch'], round(r['val/mAP50'],3)) for r in rows if 'val/mAP50' in r])" "/tmp/runs/recipe_$i/metrics.jsonl"
   done < "${RECIPE_FILE:-bench/recipes.txt}"
+  tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+  exit 0
 fi
+
+run 150 train_step python3 bench/train_step.py --modes eager cuda_graph --out "$OUT/train_step.json"
+run 170 e2e python3 bench/throughput.py --case e2e --modes cuda_graph eager --workers "$WORKERS" \
+  --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
+run 100 peer python3 bench/throughput.py --case peer --workers "$WORKERS" --out "$OUT/peer.json" \
+  --one "$OUT/e2e.json"
+run 110 short python3 bench/throughput.py --case short --modes cuda_graph --out "$OUT/short.json"
+if (( GPUS >= 2 )); then
+  DDP_WORKERS=$(( $(nproc) / 4 - 2 )); (( DDP_WORKERS > 14 )) && DDP_WORKERS=14; (( DDP_WORKERS < 2 )) && DDP_WORKERS=2
+  run 170 ddp python3 bench/throughput.py --case ddp --gpus 2 4 --modes cuda_graph --workers "$DDP_WORKERS" \
+    --one "$OUT/e2e.json" --out "$OUT/ddp.json"
+fi
+run 150 train_step_compile python3 bench/train_step.py --modes compile --out "$OUT/train_step_compile.json"
+
+cp -r bench/.cache/throughput/*.log "$LOGS/" 2>/dev/null
+tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+echo "== done in $(( SECONDS - START ))s; in \$OUT: $(ls "$OUT" | tr '\n' ' ')"

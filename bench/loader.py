@@ -39,13 +39,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from rtmdet_exp.data.coco import CocoDetection  # noqa: E402
 from rtmdet_exp.data.collate import collate  # noqa: E402
-from rtmdet_exp.data.pipelines import TwoStagePipeline, build_pipelines  # noqa: E402
+from rtmdet_exp.data.pipelines import TwoStagePipeline  # noqa: E402
 from rtmdet_exp.data.synthetic import ensure_synthetic_dataset  # noqa: E402
-from rtmdet_exp.data.transforms import CachedMixUp, CachedMosaic, LetterboxResize  # noqa: E402
+from rtmdet_exp.experiment import build, compose  # noqa: E402
+from rtmdet_exp.data.mixing import CachedMixUp, CachedMosaic  # noqa: E402
+from rtmdet_exp.data.transforms import LetterboxResize  # noqa: E402
 
 IMG_SIZE = 640
 BATCH = 8
@@ -61,11 +61,9 @@ def dataset_paths(num_images: int) -> dict[str, Any]:
 
 
 def stage1_pipeline(seed: int = 0) -> TwoStagePipeline:
-    """Stage 1 of conf/augment/rtmdet.yaml at 640 px."""
-    root = OmegaConf.create(
-        {"data": {"img_size": IMG_SIZE}, "augment": OmegaConf.load(REPO / "conf" / "augment" / "rtmdet.yaml")}
-    )
-    pipe = build_pipelines(root.augment, img_size=IMG_SIZE, max_epochs=300, seed=seed)
+    """Stage 1 of conf/augment/rtmdet.yaml at 640 px (the paper's rtmdet_s recipe), as a run builds it."""
+    cfg = compose(["experiment=paper", "model=rtmdet_s", f"data.img_size={IMG_SIZE}", f"seed={seed}"])
+    pipe = build.build_augment(cfg).pipeline
     pipe.set_epoch(0)
     return pipe
 

@@ -13,6 +13,11 @@ either the old complete file or the new complete one.
 Loading uses ``torch.load(weights_only=True)`` by default: states should hold tensors, plain
 containers, numbers and strings (what :func:`capture_rng_state` returns qualifies). Pass
 ``weights_only=False`` for trusted files holding other objects.
+
+Training need not wait for the disk: :func:`snapshot` copies a state to host memory (one device-to-host
+copy per storage, shared storages copied once, so the file is the same as a direct save of the
+state), and :class:`BackgroundWriter` serialises and writes it on a worker thread through the same
+atomic :func:`save_checkpoint`. A kill during a background write leaves the previous file intact.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +227,86 @@ def restore_rng_state(state: dict[str, Any]) -> None:
             )
         for device, cuda_state in enumerate(cuda_states[:count]):
             torch.cuda.set_rng_state(torch.as_tensor(cuda_state, dtype=torch.uint8).cpu(), device)
+
+
+def snapshot(state: Any) -> Any:
+    """A copy of ``state`` whose tensors are in host memory and no longer change with training.
+
+    Containers (dict, list, tuple) are rebuilt, each object once (an object referenced twice, such
+    as the betas tuple shared by optimiser groups, is one object in the copy too), and tensors are
+    copied storage by storage: tensors sharing a storage (tied weights, views) still share one in the
+    copy, with the same offsets, sizes and strides. So ``torch.save`` of the copy writes the same bytes
+    as of the original. Device tensors go through pinned memory with one synchronisation at the end.
+    Other leaves (numbers, strings) are kept as they are.
+    """
+    storages: dict[tuple[str, int], torch.UntypedStorage] = {}
+    out = _snapshot(state, storages, {})
+    if any(device.startswith("cuda") for device, _ in storages):
+        torch.cuda.synchronize()
+    return out
+
+
+def _snapshot(obj: Any, storages: dict[tuple[str, int], torch.UntypedStorage], done: dict[int, Any]) -> Any:
+    if id(obj) in done:
+        return done[id(obj)][1]
+    if isinstance(obj, torch.Tensor):
+        copy: Any = _host_tensor(obj.detach(), storages)
+    elif isinstance(obj, dict):
+        copy = type(obj)((k, _snapshot(v, storages, done)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state dict's version record, saved with it
+            copy._metadata = obj._metadata
+    elif isinstance(obj, list):
+        copy = [_snapshot(v, storages, done) for v in obj]
+    elif isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        copy = tuple(_snapshot(v, storages, done) for v in obj)
+    else:
+        return obj
+    done[id(obj)] = (obj, copy)  # the original is kept alive so that its id stays unique meanwhile
+    return copy
+
+
+def _host_tensor(tensor: torch.Tensor, copies: dict[tuple[str, int], torch.UntypedStorage]) -> torch.Tensor:
+    """``tensor`` re-viewed on a host copy of its whole storage (copied once per storage)."""
+    storage = tensor.untyped_storage()
+    key = (str(tensor.device), storage.data_ptr())
+    if key not in copies:
+        source = torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage)  # the storage's bytes
+        pinned = tensor.device.type == "cuda"
+        host = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=pinned)
+        host.copy_(source, non_blocking=pinned)
+        copies[key] = host.untyped_storage()
+    view = torch.empty(0, dtype=tensor.dtype)
+    return view.set_(copies[key], tensor.storage_offset(), tensor.size(), tensor.stride())
+
+
+class BackgroundWriter:
+    """Runs checkpoint writes on one worker thread, one at a time, in the order submitted.
+
+    :meth:`submit` first waits for the previous write (so at most one state is held in memory
+    besides the model's) and re-raises its error, if any; :meth:`raise_if_failed` lets the caller
+    notice a failed write early, and :meth:`wait` waits for the last one and returns its result.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: Future | None = None
+
+    def submit(self, write: Callable[[], Path]) -> Future:
+        """Queue ``write`` (e.g. a :func:`save_checkpoint` call on a :func:`snapshot`)."""
+        self.wait()
+        self._pending = self._executor.submit(write)
+        return self._pending
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the error of a finished write (without waiting for one still running)."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def wait(self) -> Path | None:
+        """Wait for the last write; returns its result, or raises its error (once)."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def close(self) -> None:
+        """Finish the queued write and stop the thread (errors are the caller's to collect first)."""
+        self._executor.shutdown(wait=True)

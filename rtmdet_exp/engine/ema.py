@@ -9,6 +9,11 @@ Spec section 4: mmdet ``ExpMomentumEMA`` (momentum 0.0002, gamma 2000, interval 
 
 for every parameter and every floating-point buffer (BN running statistics are averaged too);
 integer buffers such as ``num_batches_tracked`` are copied. Validation uses :attr:`ModelEMA.module`.
+
+The update count ``t`` and the weight ``m_t`` live on the device (``t`` as a float64 0-d tensor), so
+an update needs no host value: a step skipped on the device (``skip = 1``) folds in with weight 0
+without a ``bool()`` or ``.item()``, and the whole update can be recorded in a CUDA graph and
+replayed with the count advancing inside the graph.
 """
 
 from __future__ import annotations
@@ -58,7 +63,6 @@ class ModelEMA:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         self.momentum = float(momentum)
         self.gamma = float(gamma)
-        self.steps = 0
         self.module = copy.deepcopy(unwrap_model(model)).eval()
         self.module.requires_grad_(False)
         tensors = _named_tensors(self.module)
@@ -66,13 +70,28 @@ class ModelEMA:
         self._other_names = [n for n, t in tensors.items() if not t.is_floating_point()]
         self._float_avg = [tensors[n] for n in self._float_names]
         self._other_avg = [tensors[n] for n in self._other_names]
+        device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+        self._t = torch.zeros((), dtype=torch.float64, device=device)  # updates done, on the device
+        self._started = False  # host flag: the first update (a plain copy) has been done
         self._source_of: nn.Module | None = None  # the model whose tensor lists are cached below
         self._float_src: list[Tensor] = []
         self._other_src: list[Tensor] = []
 
+    @property
+    def steps(self) -> int:
+        """Updates done so far (reads the device counter: a host sync, for checkpoints and tests)."""
+        return int(self._t.item())
+
     def momentum_at(self, t: int) -> float:
         """Interpolation weight ``m_t`` of update number ``t`` (only used for ``t >= 1``)."""
         return (1.0 - self.momentum) * math.exp(-(1.0 + t) / self.gamma) + self.momentum
+
+    def _momentum_tensor(self, skip: Tensor | None) -> Tensor:
+        """``m_t`` computed on the device from the device count (float64, as :meth:`momentum_at`), 0 when skipped."""
+        m = torch.exp((1.0 + self._t) / -self.gamma) * (1.0 - self.momentum) + self.momentum
+        if skip is not None:
+            m = m * (1.0 - skip.to(m.dtype))
+        return m
 
     def _sources(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
         """The model's tensors in the order of the averaged ones (looked up once per model object)."""
@@ -94,18 +113,21 @@ class ModelEMA:
         """Fold the current weights of ``model`` (same architecture) into the average.
 
         ``skip`` is an optional 0-d tensor on the model's device, 1 when the optimiser skipped this
-        step (non-finite gradients): the average then stays as it is, without a host sync.
+        step (non-finite gradients): the average then stays as it is. No host sync either way: the
+        weight ``m_t`` is computed on the device and applied as ``avg += m_t * (param - avg)``.
         """
         float_src, other_src = self._sources(model)
-        if self.steps == 0:
+        if not self._started:  # t == 0: a plain copy (the weights are unchanged when the step was skipped)
             torch._foreach_copy_(self._float_avg, float_src)
-        elif skip is None:
-            torch._foreach_lerp_(self._float_avg, float_src, self.momentum_at(self.steps))
-        else:
-            torch._foreach_lerp_(self._float_avg, float_src, (1.0 - skip) * self.momentum_at(self.steps))
+            self._started = True
+        elif self._float_avg:
+            weight = self._momentum_tensor(skip).to(self._float_avg[0].dtype)
+            delta = torch._foreach_sub(float_src, self._float_avg)
+            torch._foreach_mul_(delta, weight)
+            torch._foreach_add_(self._float_avg, delta)
         if self._other_avg:
             torch._foreach_copy_(self._other_avg, other_src)
-        self.steps += 1
+        self._t.add_(1.0)
 
     def state_dict(self) -> dict[str, Any]:
         """Averaged weights plus the update count (needed to resume the momentum ramp)."""
@@ -124,4 +146,6 @@ class ModelEMA:
         if "module" not in state or "steps" not in state:
             raise ValueError(f"EMA state needs keys 'module' and 'steps', got {sorted(state)}")
         self.module.load_state_dict(state["module"])
-        self.steps = int(state["steps"])
+        steps = int(state["steps"])
+        self._t.fill_(float(steps))
+        self._started = steps > 0

@@ -7,14 +7,22 @@ non-finite steps are skipped and counted (the run stops after ``max_bad_steps`` 
 saves a resumable checkpoint before exiting, an epoch's checkpoint is written *before* its
 validation so that a crash there loses no training, and a failing logger is switched off with a
 warning instead of ending the run.
+
+Throughput: the step (:class:`~rtmdet_exp.engine.step.TrainStep`, which also updates the EMA) needs no
+host sync; the loop reads device values only at logging steps, and checkpoints are copied to host
+memory and written by a background thread (:class:`~rtmdet_exp.engine.checkpoint.BackgroundWriter`),
+so training goes on while the file is serialised and fsynced. The log carries ``perf/startup_s``
+(process start to the end of the first step) and ``perf/val_time_s`` (each validation's wall time).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,9 +31,13 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from rtmdet_exp.engine.checkpoint import capture_rng_state, restore_rng_state
+from rtmdet_exp.engine.checkpoint import (
+    BackgroundWriter,
+    capture_rng_state,
+    restore_rng_state,
+    snapshot,
+)
 from rtmdet_exp.engine.ema import ModelEMA, unwrap_model
 from rtmdet_exp.engine.loggers import Logger
 from rtmdet_exp.engine.progress import EpochProgress
@@ -78,6 +90,7 @@ class FitState:
     train_time_s: float = 0.0  # training wall time so far, resumes included
     images_seen: int = 0  # training images so far (all ranks)
     pending_validation: bool = False  # the checkpointed epoch's validation had not finished
+    val_time_s: float = 0.0  # wall time spent in validation so far
 
 
 class CheckpointStore(Protocol):
@@ -120,6 +133,10 @@ class Trainer:
         self._dead_loggers: set[int] = set()
         self._bad: torch.Tensor | None = None  # on-device skip counters, see _track_bad_steps
         self.resumed_from: Path | None = None
+        self._writer = BackgroundWriter()
+        self._startup_s: float | None = None  # measured at the first step, logged with the next record
+        self.startup_s: float | None = None  # process start to the end of this process's first step
+        self._first_step_done = False
 
     # ------------------------------------------------------------------------------ checkpoints
     def payload(self) -> dict[str, Any]:
@@ -131,10 +148,16 @@ class Trainer:
             "extra": self.extra,
         }
 
-    def save(self, kind: str) -> Path | None:
+    def save(self, kind: str, wait: bool = False) -> Path | None:
+        """Write a checkpoint from rank 0: the state is copied now, the file written in the background.
+
+        ``wait`` returns only once the file is on disk (and returns its path).
+        """
         if not is_main_process():
             return None
-        return self.checkpoints.save(kind, self.payload(), self.state.epoch, self.state.step)
+        payload, epoch, step = snapshot(self.payload()), self.state.epoch, self.state.step
+        self._writer.submit(lambda: self.checkpoints.save(kind, payload, epoch, step))
+        return self._writer.wait() if wait else None
 
     def load(self, path: Path, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint ``payload`` (read and verified by the caller from ``path``)."""
@@ -155,10 +178,20 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
-            return self._fit()
+            result = self._fit()
+            self._writer.wait()  # the last checkpoint is on disk (or its error raised) before fit returns
+            return result
         finally:
+            self._flush_writer()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+    def _flush_writer(self) -> None:
+        """After an error elsewhere: let a queued checkpoint finish; its own error is only logged."""
+        try:
+            self._writer.wait()
+        except Exception as err:  # noqa: BLE001 - the error that ended the run is the one raised
+            log.error("a background checkpoint write failed as well: %s", err)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint after this step, then stopping")
@@ -214,7 +247,7 @@ class Trainer:
                 out = self.step(batch)
                 self._after_step(out, batch, timer, epoch, total, progress)
                 if self._terminate:
-                    path = self.save("interrupt")
+                    path = self.save("interrupt", wait=True)
                     raise TerminatedError(f"stopped by SIGTERM in epoch {epoch + 1} after step {self.state.step}; "
                                           f"saved {path}; resume with the same command and resume=true")
         self.state.train_time_s += timer.total_s
@@ -225,12 +258,16 @@ class Trainer:
         self.state.batch_in_epoch += 1
         self.state.images_seen += int(batch["images"].shape[0]) * _world_size()
         self._track_bad_steps(out["found_inf"])
-        if self.ema:
-            self.ema.update(self.step.model, skip=out["found_inf"])
+        self._writer.raise_if_failed()
+        if not self._first_step_done:
+            self._first_step_done = True
+            self._startup_s = self.startup_s = _time_to_first_step(self.step.device)
         at_log = self.state.step % self.settings.log_interval == 0 or self.state.batch_in_epoch == total
         if at_log:
             record = {f"train/{k}": float(v) for k, v in out["losses"].items()}
             record.update({"train/loss": float(out["loss"]), "train/lr": out["lr"], **timer.report()})
+            if self._startup_s is not None:
+                record["perf/startup_s"], self._startup_s = self._startup_s, None
             record["epoch"] = epoch + self.state.batch_in_epoch / max(total, 1)
             self._log(record)
             progress.update(loss=record["train/loss"], lr=out["lr"])
@@ -272,6 +309,7 @@ class Trainer:
         subset = None if self._last_epoch() else self.settings.val_subset
         result = None
         if is_main_process():
+            started = time.perf_counter()
             try:
                 result = self.validate(model, max_images=subset)
             except Exception as err:  # noqa: BLE001 - the checkpoint of this epoch is on disk already
@@ -279,6 +317,8 @@ class Trainer:
                     f"validation after epoch {epochs_done} failed ({type(err).__name__}: {err}); the epoch's "
                     f"checkpoint is saved: fix the cause and continue with the same command and resume=true"
                 ) from err
+            val_time = time.perf_counter() - started
+            self.state.val_time_s += val_time
             current = float(result.metrics.get("val/mAP", float("nan")))  # absent for a subset validation
             if math.isfinite(current) and current > self.state.best_map:
                 self.state.best_map, self.state.best_epoch = current, epochs_done
@@ -286,7 +326,7 @@ class Trainer:
             if not result.subset:
                 result.metrics["val/mAP_best"] = max(self.state.best_map, 0.0)
             self._log({**{k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-                       "epoch": epochs_done})
+                       "perf/val_time_s": val_time, "epoch": epochs_done})
             for callback in self.on_validation:
                 callback(result, epochs_done, self.state.step)
         self.state.pending_validation = False
@@ -305,6 +345,27 @@ class Trainer:
                 log.warning("logger %s failed (%s: %s); it is switched off for the rest of the run",
                             type(logger).__name__, type(err).__name__, err)
                 self._dead_loggers.add(i)
+
+
+def _time_to_first_step(device: torch.device) -> float:
+    """Seconds from the start of this process to now, after the device has finished (one sync, once)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.time() - _process_start_time()
+
+
+def _process_start_time() -> float:
+    """Wall-clock start of this process (Linux /proc); the import time of this module elsewhere."""
+    try:
+        ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
 
 
 def _world_size() -> int:

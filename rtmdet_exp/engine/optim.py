@@ -4,6 +4,10 @@ The RTMDet recipe (spec section 4) is AdamW, lr 0.004 for a total batch of 256, 
 with ``norm_decay_mult=0``, ``bias_decay_mult=0`` and ``bypass_duplicate=True``: the head shares
 its conv weights across the pyramid levels, so a parameter must land in exactly one group or
 decay would be applied to it several times per step.
+
+For a training step captured in a CUDA graph, :func:`use_device_lr` turns each group's learning rate
+into a 0-d tensor on the device (the fused kernels read it from there at every replay) and makes the
+scheduler write its values into those tensors; :func:`use_host_lr` goes back to plain floats.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.optim.lr_scheduler import LRScheduler
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -115,3 +120,44 @@ def scale_lr(base_lr: float, base_batch: int, batch: int) -> float:
     if batch <= 0:
         raise ValueError(f"batch must be > 0, got {batch}")
     return base_lr * batch / base_batch
+
+
+def use_device_lr(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, device: torch.device) -> None:
+    """Each group's ``lr`` as a float32 0-d tensor on ``device``, set ``capturable`` (CUDA-graph capture).
+
+    The scheduler keeps host floats as its base values, so ``scheduler.step()`` writes each new rate
+    into the tensors with ``fill_`` (a kernel launch, no host sync) and a captured optimiser step reads
+    it on every replay. Needs a fused optimiser (the kernels that take a tensor ``lr``).
+    """
+    if not optimizer.defaults.get("fused"):
+        raise ValueError(f"a device-tensor lr needs a fused optimiser; {type(optimizer).__name__} is not fused "
+                         f"(its parameters must be float tensors on the CPU or a GPU)")
+    for group in optimizer.param_groups:
+        value = float(group["lr"])
+        group["lr"] = torch.tensor(value, dtype=torch.float32, device=device)
+        if "capturable" in group:
+            group["capturable"] = True
+    scheduler.base_lrs = [float(v) for v in scheduler.base_lrs]
+
+
+def use_host_lr(optimizer: torch.optim.Optimizer, scheduler: LRScheduler) -> None:
+    """Undo :func:`use_device_lr` (e.g. a checkpoint of a graphed run resumed in eager mode)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"] = float(group["lr"])
+    scheduler.base_lrs = [float(v) for v in scheduler.base_lrs]
+
+
+def host_lr(optimizer: torch.optim.Optimizer, scheduler: LRScheduler) -> float:
+    """The first group's current learning rate as a float, without reading a device tensor.
+
+    For a ``LambdaLR`` over device-tensor rates it is recomputed from the scheduler's host values
+    (the same float that the scheduler wrote into the tensor).
+    """
+    value = optimizer.param_groups[0]["lr"]
+    if not isinstance(value, Tensor):
+        return float(value)
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is not None:
+        return float(scheduler.base_lrs[0]) * float(lambdas[0](scheduler.last_epoch))
+    return float(value)  # another scheduler: one read of the device value

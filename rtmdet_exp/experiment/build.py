@@ -176,8 +176,14 @@ def loop_settings(cfg: DictConfig, switch_epoch: int | None) -> LoopSettings:
         log_interval=int(t.log_interval), checkpoint_interval=int(t.checkpoint_interval),
         checkpoint_interval_steps=t.checkpoint_interval_steps, max_bad_steps=int(t.max_bad_steps),
         grad_clip=t.grad_clip, limit_train_batches=t.limit_train_batches, switch_epoch=switch_epoch,
-        val_subset=t.val_subset, step_mode=str(plain(t).get("step_mode", "eager")),
+        val_subset=t.val_subset,
     )
+
+
+def step_mode(cfg: DictConfig, device: torch.device) -> str:
+    """``trainer.step_mode`` for this device: auto is a whole-step CUDA graph on a GPU, eager on the CPU."""
+    mode = str(plain(cfg.trainer).get("step_mode", "auto"))
+    return ("cuda_graph" if device.type == "cuda" else "eager") if mode == "auto" else mode
 
 
 def precision_flags(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:

@@ -29,6 +29,7 @@ def check_config(cfg: DictConfig, sweeper: Any = None) -> None:
     """Raise :class:`ConfigError` for the first problem found; ``sweeper`` is Hydra's sweeper node."""
     resolve_all(cfg)
     _check_ranges(cfg)
+    _check_device(cfg)
     _check_augmentation(cfg)
     if sweeper is not None:
         _check_pruner(cfg, sweeper)
@@ -73,6 +74,18 @@ def _check_ranges(cfg: DictConfig) -> None:
         raise ConfigError(f"schedule.warmup_max_fraction must be in [0, 1], got {cfg.schedule.warmup_max_fraction}")
     if cfg.optim.backbone_lr_mult <= 0:
         raise ConfigError(f"optim.backbone_lr_mult must be > 0, got {cfg.optim.backbone_lr_mult}")
+
+
+def _check_device(cfg: DictConfig) -> None:
+    """A whole-step CUDA graph needs a GPU: refuse it before the data is read."""
+    import torch
+
+    mode = str(OmegaConf.select(cfg, "trainer.step_mode", default="eager")).rsplit(".", 1)[-1]
+    device = str(cfg.trainer.device).rsplit(".", 1)[-1]
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if mode == "cuda_graph" and not on_gpu:
+        raise ConfigError("trainer.step_mode=cuda_graph needs a CUDA GPU (this run is on the CPU); "
+                          "use trainer.step_mode=eager or compile")
 
 
 def _stage_lists(cfg: DictConfig) -> tuple[list[str], list[str] | None]:

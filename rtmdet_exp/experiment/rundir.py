@@ -66,6 +66,7 @@ NON_DEFINING_KEYS: tuple[str, ...] = (
     "trainer.checkpoint_interval",
     "trainer.checkpoint_interval_steps",
     "trainer.compile",
+    "trainer.step_mode",
     "data.num_workers",
     "data.pin_memory",
     "data.val_batch_size",

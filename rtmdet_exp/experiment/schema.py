@@ -26,7 +26,7 @@ from rtmdet_exp.models.variants import VARIANTS, model_config
 Device = Enum("Device", {"auto": "auto", "cpu": "cpu", "cuda": "cuda"})
 Precision = Enum("Precision", {"auto": "auto", "bf16": "bf16", "fp32": "fp32"})
 OnError = Enum("OnError", {"raise": "raise", "skip": "skip"})
-StepMode = Enum("StepMode", {"eager": "eager", "compile": "compile", "cuda_graph": "cuda_graph"})
+StepMode = Enum("StepMode", {"auto": "auto", "eager": "eager", "compile": "compile", "cuda_graph": "cuda_graph"})
 ScheduleKind = Enum("ScheduleKind", {"flat_cosine": "flat_cosine", "cosine": "cosine", "constant": "constant"})
 
 
@@ -44,7 +44,7 @@ class TrainerConfig:
     precision: Precision = Precision.auto  # auto (bf16 on a GPU, fp32 on the CPU) | bf16 | fp32
     channels_last: Optional[bool] = None  # null = auto (on for a GPU) | true | false
     compile: bool = False  # torch.compile the network
-    step_mode: StepMode = StepMode.eager  # eager | compile (forward+losses compiled) | cuda_graph (whole step graphed; GPU)
+    step_mode: StepMode = StepMode.auto  # auto (cuda_graph on a GPU, eager on the CPU) | eager | compile | cuda_graph
     grad_clip: Optional[float] = None  # max gradient norm; null = no clipping (the paper clips none)
     val_interval: int = 10  # validate every N epochs (and always after the last one)
     stage2_val_interval: int = 1  # validate every N epochs once the weak-augmentation stage runs

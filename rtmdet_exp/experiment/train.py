@@ -16,13 +16,18 @@ import torch
 from omegaconf import DictConfig
 
 from rtmdet_exp.engine.ema import ModelEMA
-from rtmdet_exp.engine.loop import TerminatedError, Trainer, is_main_process, seed_everything
+from rtmdet_exp.engine.loop import (
+    TerminatedError,
+    Trainer,
+    is_main_process,
+    seed_everything,
+)
 from rtmdet_exp.engine.step import TrainStep
 from rtmdet_exp.engine.validation import Validator
 from rtmdet_exp.experiment import build, distributed, rundir
 from rtmdet_exp.experiment.checks import check_config
-from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.experiment.context import LaunchContext
+from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.experiment.recipe import format_card, recipe_card
 from rtmdet_exp.experiment.results import dry_run, final_summary, start_loggers
 from rtmdet_exp.experiment.session import FINISHED, RESUME, RunSession
@@ -66,7 +71,8 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma) if cfg.trainer.ema.enabled else None
     try:  # the step updates the EMA; step_mode compile/cuda_graph compiles or captures it (before trainer.compile)
         step = TrainStep(detector, optimizer, build.build_schedule(cfg, optimizer, data.steps_per_epoch), device,
-                         bf16, channels_last, cfg.trainer.grad_clip, step_model, ema=ema, mode=settings.step_mode)
+                         bf16, channels_last, cfg.trainer.grad_clip, step_model, ema=ema,
+                         mode=build.step_mode(cfg, device))
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if cfg.trainer.compile:
