@@ -91,6 +91,33 @@ def summary_markdown(rows: Sequence[SettingSummary], metric: str = DEFAULT_METRI
     return table(header, lines) + "\n" + table(detail_header, detail)
 
 
+def cost_note(runs: Sequence[Run]) -> str:
+    """Where the runs' cost numbers come from: latency measured on which GPU(s), or MACs only.
+
+    A run on a GPU measures its own latency (``perf/latency_ms``) and uses it as ``perf/cost``; a
+    run without one has no latency and its ``perf/cost`` is GMACs (``perf/cost_kind``).
+    """
+    finished = [r for r in runs if r.finished]
+    if not finished:
+        return ""
+    measured = [r for r in finished if "perf/latency_ms" in r.metrics]
+    if not measured:
+        return ("\n> **Cost: MACs only.** No run had a GPU, so none measured its latency; perf/cost is GMACs "
+                "at the run's image size (perf/cost_kind = gmacs). Latency needs a run on a GPU.\n")
+    devices = sorted({str(r.labels.get("perf/latency_device", "unnamed GPU")) for r in measured})
+    text = (f"\n> **Cost: latency** measured by {len(measured)} of {len(finished)} finished runs on their own GPU "
+            f"({', '.join(devices)}; fused network, fp16, batch 1, CUDA graph, no NMS).")
+    if len(devices) > 1:
+        text += " The runs measured on different GPUs: their latencies are not comparable."
+    shared = [r.name for r in measured if r.labels.get("perf/latency_shared") is True]
+    if shared:
+        text += f" {len(shared)} run(s) shared their GPU with other runs while measuring: re-measure before quoting."
+    if len(measured) < len(finished):
+        text += (f" **{len(finished) - len(measured)} run(s) had no GPU**: no latency, and their perf/cost is "
+                 "GMACs, not ms; do not compare perf/cost across the two kinds.")
+    return text + "\n"
+
+
 def _test_sample(row: SettingSummary) -> str:
     """What the comparison's test ran on, in words."""
     comparison = row.comparison
@@ -215,7 +242,7 @@ def failed_markdown(runs: Sequence[Run]) -> str:
 def _bootstrap_rules(metric: str, bootstraps: Bootstraps | None) -> str:
     """The bootstrap paragraph of the methods section."""
     if bootstraps is None:
-        return (f"- **Image bootstrap**: off (`--bootstrap 0`, or {metric} cannot be recomputed from "
+        return (f"- **Image bootstrap**: off (`bootstrap=0`, or {metric} cannot be recomputed from "
                 "detections); one-seed comparisons are then not tested.\n")
     per = bootstraps.seconds_per_resample()
     timing = "" if per is None else f" (measured here: {1000 * per:.1f} ms per resample and run)"

@@ -43,6 +43,7 @@ class Run:
     val_annotations: str | None = None  # the val COCO json the run was scored on
     val_image_ids: list[int] | None = None  # images scored (None: all of val_annotations)
     val_category_ids: list[int] | None = None  # categories scored (None: all)
+    labels: dict[str, Any] = field(default_factory=dict)  # non-numeric final metrics (perf/cost_kind, ...)
 
     @property
     def finished(self) -> bool:
@@ -121,6 +122,14 @@ def _numbers(mapping: Any) -> dict[str, float]:
     return {str(k): n for k, v in mapping.items() if (n := _number(v)) is not None}
 
 
+def _labels(mapping: Any) -> dict[str, Any]:
+    """The text and true/false entries of a mapping (``perf/cost_kind``, ``perf/latency_device``, ...)."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {str(k): v for k, v in mapping.items()
+            if isinstance(v, bool) or (isinstance(v, str) and _number(v) is None)}  # "nan" is a number
+
+
 def _ids(value: Any) -> list[int] | None:
     """A list of integer ids, None when absent or not such a list."""
     if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -182,6 +191,7 @@ def read_run(folder: Path) -> Run:
         val_annotations=str(annotations) if isinstance(annotations, str) and annotations else None,
         val_image_ids=_ids(results.get("val_image_ids")),
         val_category_ids=_ids(results.get("val_category_ids")),
+        labels=_labels(results.get("metrics")),
     )
 
 

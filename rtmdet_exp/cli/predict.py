@@ -1,28 +1,34 @@
 """Run a trained detector on a folder of images.
 
     python -m rtmdet_exp.predict checkpoint=outputs/.../checkpoints/best.pt images=path/to/folder \
-        [out=predictions] [score_thr=0.3] [batch_size=8] [device=auto] [weights=ema|model]
+        [ann=instances_val.json] [out=predictions] [score_thr=0.3] [batch_size=8] [device=auto] [weights=ema|model]
 
 Writes one image per input with the detections drawn (``out/vis/``), ``out/predictions.json``
-(COCO results format: image_id, category_id, bbox as xywh, score) and ``out/images.json``
-(image_id -> file name). The model is rebuilt from the config stored in the checkpoint.
+(COCO results format: image_id, category_id, bbox as xywh, score), ``out/images.json``
+(image_id -> file name) and ``out/predictions_info.json`` (where the ids come from). The model is
+rebuilt from the config stored in the checkpoint.
+
+With ``ann=`` (the COCO json these images belong to), every image gets its id from that json
+(matched by file name) and labels map to its categories, so pycocotools can score the results.
+Without it, image ids are file indices (0, 1, ... in sorted file-name order), which no dataset's
+annotations know: the results can be drawn and read, not scored.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from omegaconf import OmegaConf
 
+from rtmdet_exp.atomic import write_json_atomic
 from rtmdet_exp.cli.args import Option, UsageError, parse
+from rtmdet_exp.cli.evaluate import dataset_categories, resolve_device
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.transforms import LetterboxResize
-from rtmdet_exp.atomic import write_json_atomic
 from rtmdet_exp.experiment.build import load_detector
 from rtmdet_exp.vis import draw_boxes
 
@@ -30,6 +36,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 OPTIONS = {
     "checkpoint": Option(None, "a checkpoint written by training (e.g. checkpoints/best.pt)", required=True),
     "images": Option(None, "a folder of images", required=True),
+    "ann": Option(None, "COCO json of these images: results carry its image and category ids"),
     "out": Option("predictions", "output folder"),
     "score_thr": Option(0.3, "draw and keep detections scoring at least this", float),
     "batch_size": Option(8, "images per forward pass", int),
@@ -38,41 +45,90 @@ OPTIONS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-    args, _ = parse(sys.argv[1:] if argv is None else argv, "rtmdet_exp.predict", __doc__.splitlines()[0], OPTIONS)
-    if args["weights"] not in ("ema", "model"):
-        raise UsageError(f"weights must be ema or model, got {args['weights']!r}")
-    folder = Path(args["images"])
+FILE_INDEX_NOTE = ("image ids are file indices (sorted file names, from 0), not a dataset's ids: pass ann=<COCO json> "
+                   "to get the dataset's image and category ids")
+
+
+def find_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise UsageError(f"images: '{folder}' is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UsageError(f"images: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in '{folder}'")
+    return files
+
+
+def read_ann(path: Path) -> dict[str, Any]:
+    """A COCO json's ``images`` and ``categories`` (clear errors for a file that is not one)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"ann: '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"ann: '{path}' is not readable JSON: {err}") from None
+    ok = isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "categories"))
+    if ok:
+        ok = all(isinstance(i, dict) and "id" in i and "file_name" in i for i in data["images"]) and all(
+            isinstance(c, dict) and "id" in c for c in data["categories"])
+    if not ok:
+        raise UsageError(f"ann: '{path}' is not a COCO json: it needs 'images' (each with id and file_name) and "
+                         f"'categories' (each with id)")
+    return data
+
+
+def ids_from_ann(data: dict[str, Any], files: list[Path], path: Path) -> list[int]:
+    """The json's image id of every file, matched by file name (the last part of ``file_name``)."""
+    by_name: dict[str, int] = {}
+    for image in data["images"]:
+        name = Path(str(image["file_name"])).name
+        if name in by_name and by_name[name] != image["id"]:
+            raise UsageError(f"ann: '{path}' lists the file name {name!r} twice (ids {by_name[name]} and "
+                             f"{image['id']}); files cannot be matched by name")
+        by_name[name] = int(image["id"])
+    unknown = [f.name for f in files if f.name not in by_name]
+    if unknown:
+        raise UsageError(f"ann: {len(unknown)} of {len(files)} images are not in '{path}' (e.g. "
+                         f"{', '.join(unknown[:5])}); predict only that dataset's images, or leave ann= out")
+    return [by_name[f.name] for f in files]
+
+
+def load_batch(chunk: list[tuple[int, Path]], letterbox: LetterboxResize) -> tuple[list, list]:
+    """Letterboxed samples and ``(image_id, path, image)`` of the files that decode."""
+    samples, originals = [], []
+    for image_id, path in chunk:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"warning: skipping {path}: cannot be decoded as an image", file=sys.stderr)
+            continue
+        originals.append((image_id, path, img))
+        samples.append(letterbox({"img": img, "boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),
+                                  "image_id": image_id, "ori_shape": img.shape[:2]}))
+    return samples, originals
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, _ = parse(sys.argv[1:] if argv is None else argv, "rtmdet_exp.predict", __doc__.splitlines()[0], OPTIONS)
+    if args["weights"] not in ("ema", "model"):
+        raise UsageError(f"weights must be ema or model, got {args['weights']!r}")
+    files = find_images(Path(args["images"]))
     detector, extra = load_detector(args["checkpoint"], args["weights"])
-    device = torch.device("cuda" if args["device"] == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args["device"] == "auto" else args["device"]))
+    device = resolve_device(args["device"])
     detector.to(device)
-    cfg = extra["config"]
     names = list(extra.get("class_names") or [str(i) for i in range(detector.num_classes)])
     cat_ids = list(extra.get("label_to_cat_id") or range(1, detector.num_classes + 1))
-    letterbox = LetterboxResize(int(cfg.data.img_size))
+    image_ids = list(range(len(files)))
+    if args["ann"]:
+        ann = read_ann(Path(args["ann"]))
+        image_ids = ids_from_ann(ann, files, Path(args["ann"]))
+        cat_ids, names = dataset_categories(ann["categories"], args["ann"], detector.num_classes, names)
+    letterbox = LetterboxResize(int(extra["config"].data.img_size))
     out = Path(args["out"])
     (out / "vis").mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     image_table: list[dict[str, Any]] = []
-    for start in range(0, len(files), args["batch_size"]):
-        chunk = files[start : start + args["batch_size"]]
-        samples, originals = [], []
-        for offset, path in enumerate(chunk):
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                print(f"warning: skipping {path}: cannot be decoded as an image", file=sys.stderr)
-                continue
-            image_id = start + offset
-            originals.append((image_id, path, img))
-            samples.append(letterbox({"img": img, "boxes": np.zeros((0, 4), np.float32),
-                                      "labels": np.zeros(0, np.int64), "image_id": image_id,
-                                      "ori_shape": img.shape[:2]}))
+    jobs = list(zip(image_ids, files))
+    for start in range(0, len(jobs), args["batch_size"]):
+        samples, originals = load_batch(jobs[start : start + args["batch_size"]], letterbox)
         if not samples:
             continue
         batch = collate(samples)
@@ -91,7 +147,12 @@ def main(argv: list[str] | None = None) -> None:
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
     write_json_atomic(out / "predictions.json", results)
     write_json_atomic(out / "images.json", image_table)
+    source = str(Path(args["ann"]).resolve()) if args["ann"] else "file index"
+    write_json_atomic(out / "predictions_info.json", {
+        "image_ids": source, "category_ids": source if args["ann"] else "the checkpoint's training categories",
+        "note": "" if args["ann"] else FILE_INDEX_NOTE, "checkpoint": str(Path(args["checkpoint"]).resolve())})
     print(f"{len(image_table)} images, {len(results)} detections -> {out}/predictions.json, drawn in {out}/vis/")
+    print(f"image ids from {args['ann']}" if args["ann"] else f"note: {FILE_INDEX_NOTE}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rtmdet_exp.deploy.latency import cost_metrics
 from rtmdet_exp.engine.loggers import JsonlLogger, Logger
 from rtmdet_exp.engine.loop import Trainer
 from rtmdet_exp.engine.validation import ValidationResult
@@ -68,12 +69,15 @@ def final_summary(cfg: DictConfig, trainer: Trainer, result: ValidationResult | 
     state = trainer.state
     summary = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     summary.update(model_cost(detector, int(cfg.data.img_size)))
+    summary.update(cost_metrics(detector, int(cfg.data.img_size), trainer.step.device, summary["perf/macs"]))
     summary.update({
         "val/mAP_best": max(state.best_map, 0.0),
         "val/best_epoch": state.best_epoch,
         "perf/train_time_s": state.train_time_s,
         "perf/images_per_s": state.images_seen / state.train_time_s if state.train_time_s > 0 else 0.0,
         "perf/skipped_steps": state.skipped_steps,
+        "perf/val_time_s": state.val_time_s,
+        **({"perf/startup_s": trainer.startup_s} if trainer.startup_s is not None else {}),
         "data/skipped_images": len(data.skip_train.image_ids) + len(data.skip_val.image_ids),
         "data/skipped_annotations": len(data.skip_train.ann_ids) + len(data.skip_val.ann_ids),
         "epochs": state.epoch,
