@@ -17,10 +17,12 @@ a shared database (``hydra.sweeper.storage=postgresql://...``):
 * A job that raises, or returns something that is not a finite number, is recorded as FAIL (the
   error is logged) and the sweep goes on, unless ``max_failure_rate`` is exceeded or ``n_trials``
   trials of this worker failed in a row. A job that raises ``optuna.TrialPruned``
-  (``rtmdet_exp.sweep.report`` does) is recorded as PRUNED.
+  (``rtmdet_exp.experiment.trial.report`` does) is recorded as PRUNED.
 * The sampler seed is offset by the number of sweeper starts on the study before this one, so
   workers and re-runs do not replay each other's points.
 * Job folders are named by trial number (``initial_job_idx``), so runs never overwrite each other.
+* With a launcher that takes jobs one at a time (``hydra/launcher=gpu_pool``) the worker keeps
+  the launcher's ``workers`` trials in flight, starting one whenever one ends (``rolling``).
 
 The search space grammar is in ``search_space``. Optuna is imported lazily: Hydra imports this
 module at every start-up, sweep or not.
@@ -45,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.rtmdet_optuna_sweeper.heartbeat import Heartbeat, worker_id
 from hydra_plugins.rtmdet_optuna_sweeper.outcome import finished_states, objective_values, tell, trial_state, write_results
+from hydra_plugins.rtmdet_optuna_sweeper.rolling import keeps_trials_in_flight, run_rolling
 from hydra_plugins.rtmdet_optuna_sweeper.search_space import (
     SearchSpace,
     grid_search_space,
@@ -209,6 +212,9 @@ class OptunaSweeper(Sweeper):
     def _run_trials(self, study: optuna.Study, space: SearchSpace, target: int, lock: StudyLock,
                     heartbeat: Heartbeat, sweep_dir: Path, url: str) -> None:
         """Claim, launch and tell trials until the study holds ``target`` finished ones."""
+        if keeps_trials_in_flight(self.launcher):
+            run_rolling(self, study, space, target, lock, heartbeat, sweep_dir, url)
+            return
         launched = failed = streak = 0
         waiting = False
         while True:
@@ -229,21 +235,25 @@ class OptunaSweeper(Sweeper):
                     failed += ended == trial_state("FAIL")
                     streak = streak + 1 if ended == trial_state("FAIL") else 0
             write_results(study, self.directions, sweep_dir, final=False)
-            if failed / launched > self.max_failure_rate or streak >= self.n_trials:
-                raise RuntimeError(
-                    f"{failed} of the {launched} trials this worker launched failed ({streak} in a row; "
-                    f"max_failure_rate={self.max_failure_rate}, n_trials={self.n_trials}); see the errors above"
-                )
+            self._check_failures(launched, failed, streak)
+
+    def _check_failures(self, launched: int, failed: int, streak: int) -> None:
+        """Stop the sweep when too many of this worker's trials failed (see ``max_failure_rate``)."""
+        if failed / max(launched, 1) > self.max_failure_rate or streak >= self.n_trials:
+            raise RuntimeError(
+                f"{failed} of the {launched} trials this worker launched failed ({streak} in a row; "
+                f"max_failure_rate={self.max_failure_rate}, n_trials={self.n_trials}); see the errors above"
+            )
 
     def _claim(self, study: optuna.Study, space: SearchSpace, target: int, lock: StudyLock,
-               heartbeat: Heartbeat) -> list[optuna.Trial] | None:
+               heartbeat: Heartbeat, slots: int | None = None) -> list[optuna.Trial] | None:
         """Under the study lock: None once ``target`` trials are finished, else the trials this
-        worker may start now (up to ``n_jobs``; none while running trials fill the target)."""
+        worker may start now (up to ``slots``, default ``n_jobs``; none while running trials fill the target)."""
         with lock.hold():
             finished, running = self._count(study)
             if finished >= target:
                 return None
-            free = min(self.n_jobs, target - finished - running)
+            free = min(self.n_jobs if slots is None else slots, target - finished - running)
             return [self._ask(study, space, heartbeat) for _ in range(max(free, 0))]
 
     def _count(self, study: optuna.Study) -> tuple[int, int]:
@@ -293,7 +303,7 @@ class OptunaSweeper(Sweeper):
         """Create or load the study (under the study lock); install sampler and pruner."""
         import optuna
 
-        from rtmdet_exp.sweep import PRUNER_ATTR, build_pruner
+        from rtmdet_exp.experiment.trial import PRUNER_ATTR, build_pruner
 
         study = optuna.create_study(
             storage=storage,
@@ -340,7 +350,7 @@ class OptunaSweeper(Sweeper):
     def _trial_overrides(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace,
                          url: str) -> list[str]:
         """Overrides of one job: sampled params, fixed params, and the env vars naming its trial."""
-        from rtmdet_exp.sweep import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
+        from rtmdet_exp.experiment.trial import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
 
         try:
             if self.custom_search_space is not None:

@@ -78,6 +78,7 @@ def _runs_section(path: str | Path, out: Path, baseline: str | None, metric: str
         "[How these numbers were computed](#how-these-numbers-were-computed).\n",
         "## Ablation table\n",
         md.summary_markdown(rows, metric),
+        md.cost_note(runs),
     ]
     if rows:
         save_png(plot_setting_bars(rows, metric), out / "map_by_setting.png")
@@ -93,10 +94,14 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "study"
 
 
-def _study_section(result: StudyResult, out: Path) -> str:
-    """Markdown of one study with its history, Pareto and importance plots written to ``out``."""
+def _study_section(result: StudyResult, out: Path, runs: list[Run] | None = None) -> str:
+    """Markdown of one study with its history, Pareto and importance plots written to ``out``;
+    ``runs`` (the study's run folders, when known) say what a ``perf/cost`` objective measured."""
     stem = f"optuna_{_safe_name(result.name)}"
     parts = [f"\n## Optuna study `{result.name}`\n", md.study_markdown(result)]
+    if "perf/cost" in result.objective_names:
+        parts.append(md.cost_note(runs) if runs else "\n> perf/cost is latency in ms for runs that had a GPU and "
+                     "GMACs for runs that had none; report on the sweep folder to see which.\n")
     save_png(plot_history(result), out / f"{stem}_history.png")
     parts.append(f"\n![optimisation history]({stem}_history.png)\n")
     if len(result.directions) == 2:
@@ -140,8 +145,9 @@ def write_report(
         parts += _runs_section(path, out, baseline, metric, n_resamples, bootstrap_seed)
     if storage is not None:
         names = sweep_metric_names(Path(path)) if is_folder else None
+        runs = load_runs(path) if is_folder else None
         for result in load_studies(storage, study, names):
-            parts.append(_study_section(result, out))
+            parts.append(_study_section(result, out, runs))
     elif study is not None:
         raise ValueError(f"study: {study!r} given but {path} holds no Optuna storage ({STORAGE_FILE})")
     return write_text_atomic(out / "report.md", "\n".join(parts))

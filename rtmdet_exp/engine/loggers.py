@@ -2,7 +2,9 @@
 
 The trainer calls the same four events on every subscriber: ``start``, ``log_metrics``,
 ``log_images`` and ``finish``. A subscriber that fails (W&B misconfigured, no network) warns once
-and switches itself off: logging never stops a training run.
+and switches itself off: logging never stops a training run. The W&B logger also sends the run's
+best and last checkpoints as artifacts when a run finishes (read from the run folder it was
+started with), so the trainer needs no checkpoint event.
 """
 
 from __future__ import annotations
@@ -107,8 +109,10 @@ class WandbLogger(Logger):
     """Weights & Biases subscriber, offline by default (no account or network needed).
 
     Sends the resolved flat config, every logged scalar, validation images with predicted and
-    true boxes, and a summary with the best mAP and its epoch. ``mode=online`` needs a login and
-    network; offline runs are uploaded later with ``wandb sync``.
+    true boxes, and a summary with the best mAP and its epoch. When the run finishes, its
+    ``best.pt`` and its newest epoch checkpoint go to the model artifact ``model-<run id>``
+    (aliases ``best`` and ``last``; metadata: the flat config and the metrics of that checkpoint).
+    ``mode=online`` needs a login and network; offline runs are uploaded later with ``wandb sync``.
     """
 
     def __init__(
@@ -119,12 +123,16 @@ class WandbLogger(Logger):
         group: str | None = None,
         tags: Sequence[str] = (),
         log_images: bool = True,
+        log_checkpoints: bool = True,
     ) -> None:
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"logger.mode must be offline, online or disabled, got '{mode}'")
         self.project, self.entity, self.mode = project, entity, mode
         self.group, self.tags, self.images = group, list(tags), log_images
+        self.checkpoints = log_checkpoints
         self.run: Any = None
+        self.run_dir: Path | None = None
+        self.config: dict[str, Any] = {}
 
     def _fail(self, what: str, err: BaseException) -> None:
         log.warning("W&B %s failed (%s: %s); training continues with local logging only", what, type(err).__name__, err)
@@ -133,6 +141,7 @@ class WandbLogger(Logger):
     def start(
         self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str], group: str | None = None
     ) -> None:
+        self.run_dir, self.config = Path(run_dir), dict(config)
         try:
             import wandb
 
@@ -185,12 +194,41 @@ class WandbLogger(Logger):
     def finish(self, summary: dict[str, Any], failed: bool = False) -> None:
         if self.run is None:
             return
+        if self.checkpoints and not failed:
+            try:
+                self.log_checkpoints(summary)
+            except Exception as err:  # noqa: BLE001 - the summary and the run's end still go out
+                log.warning("W&B checkpoint artifacts failed (%s: %s)", type(err).__name__, err)
         try:
             for key, value in summary.items():
                 self.run.summary[key] = value
             self.run.finish(exit_code=1 if failed else 0)
         except Exception as err:  # noqa: BLE001
             self._fail("finish", err)
+
+    def log_checkpoints(self, summary: dict[str, Any]) -> None:
+        """``best.pt`` (alias ``best``) and the newest epoch checkpoint (alias ``last``) as versions of
+        the artifact ``model-<run id>``, each with the flat config and its own metrics as metadata."""
+        import wandb
+
+        from rtmdet_exp.experiment import rundir
+
+        assert self.run_dir is not None
+        best_epoch = summary.get("val/best_epoch")
+        best_metrics = next((r for r in reversed(rundir.read_metrics(self.run_dir))
+                             if r.get("epoch") == best_epoch and "val/mAP" in r), {})
+        newest = rundir.resumable_checkpoints(self.run_dir)
+        entries = [("best", rundir.checkpoint_dir(self.run_dir) / rundir.BEST, best_epoch, best_metrics),
+                   ("last", newest[0] if newest else None, summary.get("epochs"), summary)]
+        for kind, path, epoch, metrics in entries:
+            if path is None or not path.is_file():
+                continue
+            metadata = {"kind": kind, "file": path.name, "epoch": epoch, "run_dir": str(self.run_dir),
+                        "metrics": {k: _jsonable(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                        "config": {k: _jsonable(v) for k, v in self.config.items()}}
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path), name=path.name)
+            self.run.log_artifact(artifact, aliases=[kind])
 
 
 def _run_id(run_dir: Path) -> str:
