@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark session, as one device command of at most 10 minutes (several GPUs when lent):
-#   bash bench/gpu_session.sh            (the throughput benchmarks below)
+#   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
+#                                                     one part per device call of at most 10 minutes)
 #   bash bench/gpu_session.sh recipes    (the CPU-default recipe candidates of bench/recipes.txt, fp32)
 # Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
 # the wheels, then runs the benchmarks in order of importance, each with a time limit cut to what is
@@ -54,18 +55,27 @@ if [[ ${1:-bench} == recipes ]]; then  # item 5: which CPU-default recipe reache
   exit 0
 fi
 
-run 150 train_step python3 bench/train_step.py --modes eager cuda_graph --out "$OUT/train_step.json"
-run 170 e2e python3 bench/throughput.py --case e2e --modes cuda_graph eager --workers "$WORKERS" \
-  --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
-run 100 peer python3 bench/throughput.py --case peer --workers "$WORKERS" --out "$OUT/peer.json" \
-  --one "$OUT/e2e.json"
-run 110 short python3 bench/throughput.py --case short --modes cuda_graph --out "$OUT/short.json"
-if (( GPUS >= 2 )); then
-  DDP_WORKERS=$(( $(nproc) / 4 - 2 )); (( DDP_WORKERS > 14 )) && DDP_WORKERS=14; (( DDP_WORKERS < 2 )) && DDP_WORKERS=2
-  run 170 ddp python3 bench/throughput.py --case ddp --gpus 2 4 --modes cuda_graph --workers "$DDP_WORKERS" \
-    --one "$OUT/e2e.json" --out "$OUT/ddp.json"
+PART=${1:-bench}
+if [[ $PART == bench || $PART == part1 ]]; then  # the step, the loop, short runs, inference latency
+  run 120 train_step python3 bench/train_step.py --modes eager cuda_graph --out "$OUT/train_step.json"
+  run 170 e2e python3 bench/throughput.py --case e2e --modes cuda_graph eager --workers "$WORKERS" \
+    --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
+  run 110 short python3 bench/throughput.py --case short --modes cuda_graph --out "$OUT/short.json"
+  run 200 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
 fi
-run 150 train_step_compile python3 bench/train_step.py --modes compile --out "$OUT/train_step_compile.json"
+if [[ $PART == bench || $PART == part2 ]]; then  # a full GPU: the 12-run study in the pool, then the peer loop
+  run 450 study_pool python3 bench/study_pool.py --out /tmp/study_pool
+  cp /tmp/study_pool/study_pool.json "$OUT/" 2>/dev/null
+  run 100 peer python3 bench/throughput.py --case peer --workers "$WORKERS" --out "$OUT/peer.json"
+fi
+if [[ $PART == bench || $PART == part3 ]]; then  # several GPUs, and where a step's time goes
+  if (( GPUS >= 2 )); then
+    DDP_WORKERS=$(( $(nproc) / 4 - 2 )); (( DDP_WORKERS > 14 )) && DDP_WORKERS=14; (( DDP_WORKERS < 2 )) && DDP_WORKERS=2
+    run 200 ddp python3 bench/throughput.py --case ddp --gpus 2 4 --modes cuda_graph --workers "$DDP_WORKERS" \
+      --out "$OUT/ddp.json"
+  fi
+  run 100 profile python3 bench/profile_step.py --out "$OUT/profile_step.json"
+fi
 
 cp -r bench/.cache/throughput/*.log "$LOGS/" 2>/dev/null
 tar -czf "$OUT/logs.tgz" -C /tmp bench_logs

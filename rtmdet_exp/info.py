@@ -6,4 +6,3 @@ from rtmdet_exp.cli.info import main
 if __name__ == "__main__":
     run(main)
 
-from rtmdet_exp.experiment import compose as compose_config  # noqa: E402,F401  (temporary alias)

@@ -44,13 +44,17 @@ REPRO: tuple[str, ...] = (*TINY, "trainer.max_epochs=3", "trainer.deterministic=
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``RTMDET_DATA`` points at one temporary folder for the whole session (config and subprocesses)."""
     folder = tmp_path_factory.mktemp("rtmdet_data")
-    previous = os.environ.get("RTMDET_DATA")
-    os.environ["RTMDET_DATA"] = str(folder)
+    wandb_home = tmp_path_factory.mktemp("wandb_home")  # W&B's staging and cache stay out of the home folder
+    values = {"RTMDET_DATA": str(folder), "WANDB_DATA_DIR": str(wandb_home / "data"),
+              "WANDB_CACHE_DIR": str(wandb_home / "cache"), "WANDB_CONFIG_DIR": str(wandb_home / "config")}
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     yield folder
-    if previous is None:
-        os.environ.pop("RTMDET_DATA", None)
-    else:
-        os.environ["RTMDET_DATA"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

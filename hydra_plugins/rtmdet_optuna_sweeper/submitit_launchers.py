@@ -78,9 +78,26 @@ def stopped_with_checkpoint(job_return: JobReturn) -> bool:
 
 
 class RequeueOnStop:
-    """Mixin for the submitit launchers: a job stopped by a signal is requeued, not reported."""
+    """Mixin for the submitit launchers: a job stopped by a signal is requeued, not reported.
+
+    The sweep folder is resolved once, here, and handed to every job as an override: a job composes
+    its config again in its own process, where ``${rtmdet.sweep_dir:...}`` would name a new folder.
+    """
+
+    def launch(self, job_overrides: Any, initial_job_idx: int) -> Any:
+        from omegaconf import open_dict
+
+        from hydra_plugins.rtmdet_optuna_sweeper.search_space import quote
+
+        config = self.config  # type: ignore[attr-defined]
+        with open_dict(config):
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quote(str(config.hydra.sweep.dir))}")
+        return super().launch(job_overrides, initial_job_idx)  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        from rtmdet_exp.experiment import register
+
+        register()  # this is the job's own process: the project's resolvers are not registered yet
         sig = preempt_signal()
         requeue = signal.getsignal(sig)
         if not callable(requeue):  # not inside a submitit job: nothing to cooperate with

@@ -44,13 +44,13 @@ class TrainerConfig:
     precision: Precision = Precision.auto  # auto (bf16 on a GPU, fp32 on the CPU) | bf16 | fp32
     channels_last: Optional[bool] = None  # null = auto (on for a GPU) | true | false
     compile: bool = False  # torch.compile the network
-    step_mode: StepMode = StepMode.auto  # auto (cuda_graph on a GPU, eager on the CPU) | eager | compile | cuda_graph
+    step_mode: StepMode = StepMode.auto  # auto (cuda_graph on one GPU, else eager) | eager | compile | cuda_graph
     grad_clip: Optional[float] = None  # max gradient norm; null = no clipping (the paper clips none)
     val_interval: int = 10  # validate every N epochs (and always after the last one)
     stage2_val_interval: int = 1  # validate every N epochs once the weak-augmentation stage runs
     val_subset: Optional[int] = None  # intermediate validations score the first N val images only (the last: all)
     log_interval: int = 10  # steps between logged training records
-    checkpoint_interval: int = 1  # write a resumable checkpoint every N epochs (and at the end)
+    checkpoint_interval: int = 10  # a resumable checkpoint every N epochs (and at the end; SIGTERM saves one too)
     checkpoint_interval_steps: Optional[int] = None  # also every N steps (long epochs); null = off
     keep_checkpoints: int = 2  # resumable checkpoints kept on disk (best.pt is kept apart)
     ema: EMAConfig = field(default_factory=EMAConfig)

@@ -47,6 +47,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, context: LaunchCon
         return dry_run(cfg, card)
     device = distributed.resolve_device(build.plain(cfg.trainer).get("device", "auto"))
     rank, world = distributed.setup(device)
+    if rank != 0:  # one log per run: rank 0's (the other ranks still report errors)
+        logging.getLogger().setLevel(logging.ERROR)
     session = RunSession(Path(run_dir or ctx.run_dir or os.getcwd()), cfg, ctx.overrides, ctx.multirun, rank == 0)
     try:
         decision = session.decide()
@@ -72,7 +74,7 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     try:  # the step updates the EMA; step_mode compile/cuda_graph compiles or captures it (before trainer.compile)
         step = TrainStep(detector, optimizer, build.build_schedule(cfg, optimizer, data.steps_per_epoch), device,
                          bf16, channels_last, cfg.trainer.grad_clip, step_model, ema=ema,
-                         mode=build.step_mode(cfg, device))
+                         mode=build.step_mode(cfg, device, world))
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if cfg.trainer.compile:
@@ -90,7 +92,8 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     session.start(card, data.val_annotation_file)
     loggers = start_loggers(cfg, session, trainer, detector, ctx) if is_main_process() else []
     trainer.loggers = loggers
-    trainer.on_validation = [session.on_validation, *_sweep_report(), *[_images_to(lg, data) for lg in loggers]]
+    trainer.on_validation = [session.on_validation, *_sweep_report(int(cfg.trainer.max_epochs)),
+                             *[_images_to(lg, data) for lg in loggers]]
     summary: dict[str, Any] = {}
     try:
         result = trainer.fit()
@@ -109,11 +112,14 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
             logger.finish(summary, failed=not summary)
 
 
-def _sweep_report() -> list[Any]:
-    """The Optuna trial's intermediate report after each validation (a no-op outside Optuna sweeps)."""
-    from rtmdet_exp import sweep
+def _sweep_report(max_epochs: int) -> list[Any]:
+    """The Optuna trial's intermediate report after each validation but the last (a no-op outside Optuna
+    sweeps): a finished trial is told its final value by the sweeper, never pruned at its end."""
+    from rtmdet_exp.experiment import trial as sweep
 
     def report(result: Any, epoch: int, step: int) -> None:
+        if epoch >= max_epochs:
+            return
         value = result.metrics.get("val/mAP", result.metrics.get("val_subset/mAP"))
         sweep.report(build.finite_or(value, 0.0), epoch)
 

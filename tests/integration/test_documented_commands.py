@@ -57,12 +57,25 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-def substitute(text: str, sweep: Path, coco: Path, storage: str) -> str:
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory, coco_dataset: Path) -> Path:
+    """A checkpoint of an RTMDet-s network for the tiny COCO copy, as the fine-tuning example loads."""
+    from rtmdet_exp.engine.checkpoint import save_checkpoint
+    from rtmdet_exp.experiment import build, compose
+
+    network = build.build_network(compose(["model=rtmdet_s", "data=coco", f"data.root={coco_dataset}"]))
+    state = {f"network.{k}": v for k, v in network.state_dict().items()}
+    return save_checkpoint({"model": state}, tmp_path_factory.mktemp("weights") / "rtmdet_s.pt")
+
+
+def substitute(text: str, sweep: Path, coco: Path, storage: str, weights: Path) -> str:
     """Real paths for the documentation's placeholders."""
     job = sorted(p for p in sweep.iterdir() if (p / "checkpoints" / "best.pt").exists())[0]
     swaps = {
         "/data/coco": str(coco),
         "outputs/<date>/<time>/checkpoints/best.pt": str(job / "checkpoints" / "best.pt"),
+        "outputs/<run>/checkpoints/best.pt": str(job / "checkpoints" / "best.pt"),
+        "rtmdet_s_coco.pth": str(weights),
         "some/folder": str(coco / "val2017"),
         "postgresql://user@dbhost/optuna": storage,
         "seed=$I": "seed=0",
@@ -84,9 +97,9 @@ def test_the_docs_show_commands_of_every_kind() -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=str)
-def test_documented_command_works(command: Command, sweep: Path, coco_dataset: Path, storage: str,
+def test_documented_command_works(command: Command, sweep: Path, coco_dataset: Path, storage: str, weights: Path,
                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    text = substitute(command.text, sweep, coco_dataset, storage)
+    text = substitute(command.text, sweep, coco_dataset, storage, weights)
     assert not PLACEHOLDER.search(text), f"{command}: placeholder left in {text!r}"
     real = Command(command.source, text)
     monkeypatch.chdir(REPO)

@@ -72,10 +72,12 @@ def test_preemption_signal_goes_to_the_trainer_only_inside_its_loop() -> None:
 
 @pytest.mark.slow
 def test_submitit_local_runs_each_job_in_its_own_process(tmp_path: Path) -> None:
-    sweep_dir = tmp_path / "sweep"
+    """Without a pinned hydra.sweep.dir: the folder the command names (multirun/<identity>/<time>)
+    is resolved once by the launcher, and both jobs, each in its own process, land in it."""
     proc = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.gpus_per_node=0", *TINY,
-                    "seed=0,1", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"])
+                    "seed=0,1", "hydra.sweep.subdir=${hydra.job.num}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sweep_dir,) = list((tmp_path / "multirun").glob("*/*"))
     jobs = sorted((sweep_dir / ".submitit").glob("[0-9]*"))
     assert len(jobs) == 2  # two submitit jobs (local job id = the process id of its controller)
     for job in jobs:

@@ -1,4 +1,4 @@
-"""The ``hydra/sweeper=optuna`` plugin and the ``rtmdet_exp.sweep`` bridge.
+"""The ``hydra/sweeper=optuna`` plugin and the ``rtmdet_exp.experiment.trial`` bridge.
 
 End-to-end tests run a throwaway Hydra app (written into a temp folder) in a subprocess and
 read the real Optuna database afterwards; the objective values are recomputed here from each
@@ -25,7 +25,7 @@ from hydra_plugins.rtmdet_optuna_sweeper.optuna_sweeper import OptunaSweeper, co
 from hydra_plugins.rtmdet_optuna_sweeper.outcome import objective_values
 from hydra_plugins.rtmdet_optuna_sweeper.search_space import parse_search_space, quote
 from hydra_plugins.rtmdet_optuna_sweeper.storage import WORKER_ATTR
-from rtmdet_exp import sweep
+from rtmdet_exp.experiment import trial as sweep
 
 REPO = Path(__file__).resolve().parents[2]
 COMPLETE, PRUNED, FAIL, RUNNING = (optuna.trial.TrialState[s] for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING"))
@@ -34,7 +34,7 @@ APP = '''
 import hydra
 from omegaconf import DictConfig
 
-from rtmdet_exp import sweep
+from rtmdet_exp.experiment import trial as sweep
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -297,7 +297,7 @@ def test_pareto_study_searches_architecture_for_map_and_macs() -> None:
     cfg, _, _ = plan("pareto_map_macs")
     sweeper = cfg.hydra.sweeper
     assert list(sweeper.direction) == ["maximize", "minimize"]
-    assert list(sweeper.metric) == ["val/mAP_best", "perf/macs"]
+    assert list(sweeper.metric) == ["val/mAP_best", "perf/cost"]
     assert sweeper.pruner is None
     space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert space.distributions == {

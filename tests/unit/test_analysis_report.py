@@ -17,7 +17,10 @@ from scipy import stats as sps
 
 from rtmdet_exp.analysis.bootstrap import resample_counts
 from rtmdet_exp.analysis.markdown import seeds_markdown
-from rtmdet_exp.report import Run, load_runs, main, setting_of, summarize, write_report
+from rtmdet_exp.analysis import Run, load_runs, setting_of, summarize, write_report
+from rtmdet_exp.cli.args import UsageError
+from rtmdet_exp.cli.args import run as run_tool
+from rtmdet_exp.cli.report import main
 from test_analysis_bootstrap import CATEGORIES, pycocotools_on_draw, random_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -193,7 +196,7 @@ def test_one_seed_each_is_compared_on_resampled_images(tmp_path: Path) -> None:
         write_run(tmp_path / "sweep" / name, [name[2:], "seed=0"], metrics_of(values[name]),
                   val_annotations=str(ann_file))
         (tmp_path / "sweep" / name / "val_detections.json").write_text(json.dumps(dets))
-    from rtmdet_exp.report import analyse
+    from rtmdet_exp.analysis import analyse
 
     rows, boots = analyse(load_runs(tmp_path / "sweep"), n_resamples=30, bootstrap_seed=2)
     comparison = rows[1].comparison
@@ -235,12 +238,11 @@ def test_report_markdown_and_png(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_cli_options_and_errors(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    report = main([str(sweep), "--out", str(tmp_path / "cli"), "--bootstrap", "0", "--metric", "val/mAP50"])
+    report = main([str(sweep), f"out={tmp_path / 'cli'}", "bootstrap=0", "metric=val/mAP50"])
     text = report.read_text()
     assert "val/mAP50 ×100 (mean ± std)" in text and "**Image bootstrap**: off" in text
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exit_info:  # what `python -m rtmdet_exp.report` does with a bad path
+        run_tool(lambda: main([str(tmp_path / "missing")]))
     assert exit_info.value.code == 2 and "not a run or sweep folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(sweep), "--baseline", "kernel=k9", "--out", str(tmp_path / "x")])
-    assert "baseline: 'kernel=k9' is not a setting of these runs; valid values" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="baseline: 'kernel=k9' is not a setting of these runs; valid values"):
+        main([str(sweep), "baseline=kernel=k9", f"out={tmp_path / 'x'}"])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rtmdet_exp.report import load_studies, main, param_importances, write_report
+from rtmdet_exp.analysis import load_studies, param_importances, write_report
+from rtmdet_exp.cli.report import main
 from test_analysis_report import sweep  # noqa: F401 (the fixture)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -85,7 +86,7 @@ def test_optuna_report_from_sweep_folder_and_url(sweep: Path, tmp_path: Path) ->
     for name in ("optuna_single_history", "optuna_single_importance", "optuna_pareto_history", "optuna_pareto_pareto"):
         assert (tmp_path / "both" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
     out = tmp_path / "url"
-    main([f"sqlite:///{sweep / 'optuna.db'}", "--out", str(out), "--study", "pareto"])
+    main([f"sqlite:///{sweep / 'optuna.db'}", f"out={out}", "study=pareto"])
     text = (out / "report.md").read_text()
     assert "`pareto`" in text and "`single`" not in text and "## Ablation table" not in text
     assert (out / "optuna_pareto_pareto.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from rtmdet_exp.info import compose_config
+from rtmdet_exp.experiment import compose as compose_config
 from rtmdet_exp.models.postprocess import PostprocessConfig, postprocess
 from rtmdet_exp.ops.boxes import bbox2distance, distance2bbox, pairwise_iou
 from rtmdet_exp.ops.priors import grid_priors
-from rtmdet_exp.train import build_detector
+from rtmdet_exp.experiment.build import build_detector
 
 
 def test_grid_priors_match_the_reference_layout() -> None:

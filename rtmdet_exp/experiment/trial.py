@@ -107,7 +107,7 @@ def report(value: float, step: int) -> None:
         return
     if len(trial.study.directions) > 1:
         warnings.warn(
-            "rtmdet_exp.sweep.report: multi-objective study, intermediate values are not "
+            "rtmdet_exp.experiment.trial.report: multi-objective study, intermediate values are not "
             "reported and trials are never pruned",
             stacklevel=2,
         )
