@@ -4,6 +4,9 @@ and the few real training runs that several tests inspect.
 Every run composes the real ``conf/`` with the ``debug=fast`` overlay plus a narrower network, so
 a run takes seconds on one CPU thread. The built-in dataset is generated once per session into a
 temporary ``RTMDET_DATA`` folder (never into the repository's ``data_cache/``).
+
+Every test in ``tests/integration`` (trainings, sweeps, kills, resumes) is marked ``slow``, so that
+``python -m pytest -q -m "not slow"`` is the quick loop: the unit layer without its heaviest checks.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ import torch
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parent.parent
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
 
 # 16 training images of 64 px in batches of 4 (4 steps per epoch), 4 validation images, a network
 # of 0.55 M parameters: about 0.1 s per step on one CPU thread.

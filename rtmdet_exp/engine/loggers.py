@@ -1,8 +1,8 @@
 """Training-event subscribers: local JSONL metrics, Weights & Biases, and a no-op logger.
 
 The trainer calls the same four events on every subscriber: ``start``, ``log_metrics``,
-``log_images`` and ``finish``. A subscriber that fails (W&B misconfigured, no network) warns once
-and switches itself off: logging never stops a training run. The W&B logger also sends the run's
+``log_images`` and ``finish``. A subscriber that fails (W&B misconfigured, no network, a custom
+logger's bug) warns once and is switched off (:class:`Guarded`): logging never stops a training run. The W&B logger also sends the run's
 best and last checkpoints as artifacts when a run finishes (read from the run folder it was
 started with), so the trainer needs no checkpoint event.
 """
@@ -45,6 +45,38 @@ class Logger:
 
 class NullLogger(Logger):
     """No external logger: the run folder's metrics.jsonl and results.json are the record."""
+
+
+class Guarded(Logger):
+    """A subscriber whose first failure, in any event, warns once and switches it off for the rest of
+    the run (the run's own record is the checkpoints and results.json, not the logger)."""
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger, self.alive = logger, True
+
+    def _call(self, event: str, *args: Any, **kwargs: Any) -> None:
+        if not self.alive:
+            return
+        try:
+            getattr(self.logger, event)(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - a logger never ends a run
+            self.alive = False
+            log.warning("logger %s failed in %s (%s: %s); it is switched off for the rest of the run",
+                        type(self.logger).__name__, event, type(err).__name__, err)
+
+    def start(
+        self, run_dir: Path, config: dict[str, Any], run_name: str, tags: Sequence[str], group: str | None = None
+    ) -> None:
+        self._call("start", run_dir, config, run_name, tags, group)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log_metrics", metrics, step)
+
+    def log_images(self, images: list[dict[str, Any]], class_names: Sequence[str], step: int) -> None:
+        self._call("log_images", images, class_names, step)
+
+    def finish(self, summary: dict[str, Any], failed: bool = False) -> None:
+        self._call("finish", summary, failed)
 
 
 def _jsonable(value: Any) -> Any:

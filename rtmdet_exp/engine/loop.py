@@ -5,8 +5,8 @@ a :class:`LoopSettings`, a checkpoint store (where and under which names checkpo
 callbacks (what happens with a validation's result). Faults a long sweep meets are handled here:
 non-finite steps are skipped and counted (the run stops after ``max_bad_steps`` in a row), SIGTERM
 saves a resumable checkpoint before exiting, an epoch's checkpoint is written *before* its
-validation so that a crash there loses no training, and a failing logger is switched off with a
-warning instead of ending the run.
+validation so that a crash there loses no training (a failing logger is switched off by its
+:class:`~rtmdet_exp.engine.loggers.Guarded` wrapper instead of ending the run).
 
 Throughput: the step (:class:`~rtmdet_exp.engine.step.TrainStep`, which also updates the EMA) needs no
 host sync; the loop reads device values only at logging steps, and checkpoints are copied to host
@@ -130,7 +130,6 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self._terminate = False
-        self._dead_loggers: set[int] = set()
         self._bad: torch.Tensor | None = None  # on-device skip counters, see _track_bad_steps
         self.resumed_from: Path | None = None
         self._writer = BackgroundWriter()
@@ -334,17 +333,9 @@ class Trainer:
         return result
 
     def _log(self, record: dict[str, Any]) -> None:
-        if not is_main_process():
-            return
-        for i, logger in enumerate(self.loggers):
-            if i in self._dead_loggers:
-                continue
-            try:
+        if is_main_process():
+            for logger in self.loggers:
                 logger.log_metrics(record, self.state.step)
-            except Exception as err:  # noqa: BLE001 - a logger never ends a run
-                log.warning("logger %s failed (%s: %s); it is switched off for the rest of the run",
-                            type(logger).__name__, type(err).__name__, err)
-                self._dead_loggers.add(i)
 
 
 def _time_to_first_step(device: torch.device) -> float:

@@ -97,10 +97,13 @@ def build_network(cfg: DictConfig) -> nn.Module:
         except (WeightsError, FileNotFoundError) as err:
             raise ConfigError(f"model.init_from: {err}") from err
         log.info("model.init_from: %s", report.summary())
-    if meta["frozen_stages"]:
+    if meta["frozen_stages"] is not None and meta["frozen_stages"] != -1:
         from rtmdet_exp.models.freeze import freeze_backbone_stages
 
-        freeze_backbone_stages(network, int(meta["frozen_stages"]))
+        try:
+            freeze_backbone_stages(network, meta["frozen_stages"])
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model.frozen_stages={meta['frozen_stages']!r}: {err}") from err
     return network
 
 

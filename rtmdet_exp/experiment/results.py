@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rtmdet_exp.deploy.latency import cost_metrics
-from rtmdet_exp.engine.loggers import JsonlLogger, Logger
+from rtmdet_exp.engine.loggers import Guarded, JsonlLogger, Logger
 from rtmdet_exp.engine.loop import Trainer
 from rtmdet_exp.engine.validation import ValidationResult
 from rtmdet_exp.experiment import build, rundir
@@ -38,11 +38,12 @@ def dry_run(cfg: DictConfig, card: dict[str, Any]) -> dict[str, Any]:
 
 def start_loggers(cfg: DictConfig, session: RunSession, trainer: Trainer, detector: Any,
                   ctx: LaunchContext) -> list[Logger]:
-    """The run's metrics.jsonl plus the configured logger, started with the flat config and tags."""
+    """The run's metrics.jsonl plus the configured logger, started with the flat config and tags; each
+    guarded, so that a failing one is switched off with a warning instead of ending the run."""
     resumed = trainer.resumed_from is not None
     jsonl = JsonlLogger(session.run_dir / rundir.METRICS, resume_step=trainer.state.step if resumed else None,
                         redo_validation=trainer.state.pending_validation)
-    loggers = [jsonl, build.build_logger(cfg)]
+    loggers: list[Logger] = [Guarded(jsonl), Guarded(build.build_logger(cfg))]
     flat = rundir.flatten(session.record_config())
     cost = model_cost(detector, int(cfg.data.img_size))
     flat.update(cost)

@@ -5,7 +5,8 @@ over the same CSPNeXt / CSPNeXt-PAFPN / SepBN-head layout, plus mmdet's per-vari
 :class:`~rtmdet_exp.models.network.RTMDetNet` is built from); the experiment layer registers one
 node per row as ``model=rtmdet_<name>``. Every key of the node is an argument of a constructor
 (``CSPNeXt``, ``CSPNeXtPAFPN``, ``RTMDetHead``), documented there, except ``variant`` (the row's
-name, read by the paper recipe) and ``init_from`` (a weights file to start from).
+name, read by the paper recipe), ``init_from`` (a weights file to start from) and ``frozen_stages``
+(backbone stages to freeze, mmdetection's meaning).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def model_config(name: str) -> dict[str, Any]:
         "_convert_": "all",
         "variant": name,
         "init_from": None,
+        "frozen_stages": -1,  # mmdetection's meaning: -1 none, 0 the stem, k the stem and stages 1..k
         "num_classes": "${data.num_classes}",
         "backbone": {
             "_target_": "rtmdet_exp.models.backbone.CSPNeXt",

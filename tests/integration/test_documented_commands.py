@@ -12,9 +12,7 @@ below: a tiny COCO copy of the built-in data and a tiny real sweep. Then:
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 # Documented lines that are not our commands to run, each with the reason.
 NOT_RUNNABLE = {
     "python run.py key=value ...": "the generic form a W&B agent runs, not a command",
+    "python -m rtmdet_exp.<tool> key=value ...": "the generic form of every tool, not a command",
 }
 PLACEHOLDER = re.compile(r"<[^<>]*>")
 
@@ -112,6 +111,11 @@ def test_documented_command_works(command: Command, sweep: Path, coco_dataset: P
 
 
 def check_run(command: Command, tmp_path: Path) -> None:
+    if "--help" in command.argv:
+        proc = run_cli(["--help"], timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0 and "== Configuration groups ==" in proc.stdout, proc.stderr[-2000:]
+        assert "model: rtmdet_l, rtmdet_m, rtmdet_s, rtmdet_tiny, rtmdet_x" in proc.stdout, proc.stdout
+        return
     args = [a for a in run_py_args(command) if a != "--cfg" and a != "job"]
     multirun = "-m" in args or "--multirun" in args
     cfg, hydra = compose_first_job(args)

@@ -136,11 +136,16 @@ def test_slots_spread_round_robin_and_split_the_cores() -> None:
 
 def test_gpus_come_from_the_option_the_environment_or_nvidia_smi() -> None:
     listed = [("0", "GPU-a", 10.0), ("1", "GPU-b", 20.0), ("2", "GPU-c", 30.0)]
-    assert resolve_gpus(None, {}, listed) == [Gpu("0", 10.0), Gpu("1", 20.0), Gpu("2", 30.0)]
-    assert resolve_gpus(None, {"CUDA_VISIBLE_DEVICES": "2,GPU-b"}, listed) == [Gpu("2", 30.0), Gpu("GPU-b", 20.0)]
-    assert resolve_gpus(None, {"CUDA_VISIBLE_DEVICES": ""}, listed) == []
-    assert resolve_gpus(None, {"CUDA_VISIBLE_DEVICES": "-1"}, listed) == []
-    assert resolve_gpus(["1"], {"CUDA_VISIBLE_DEVICES": "0"}, listed) == [Gpu("1", 20.0)]
+
+    def names(option: list[str] | None, env: dict[str, str]) -> list[tuple[str, float | None]]:
+        # Compared as tuples: Hydra's plugin scan re-executes plugin modules, so the Gpu class can be a new one
+        return [(g.name, g.free_gb) for g in resolve_gpus(option, env, listed)]
+
+    assert names(None, {}) == [("0", 10.0), ("1", 20.0), ("2", 30.0)]
+    assert names(None, {"CUDA_VISIBLE_DEVICES": "2,GPU-b"}) == [("2", 30.0), ("GPU-b", 20.0)]
+    assert names(None, {"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert names(None, {"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    assert names(["1"], {"CUDA_VISIBLE_DEVICES": "0"}) == [("1", 20.0)]
 
 
 def _launcher_node(*overrides: str):

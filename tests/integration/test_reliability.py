@@ -365,3 +365,70 @@ def test_results_json_is_written_atomically(
         train(compose(*REPRO, "resume=true", "trainer.max_epochs=4"), run_dir=finished)
     assert (finished / "results.json").read_bytes() == old
     assert [p.name for p in finished.iterdir() if p.name.startswith((".results", "results"))] == ["results.json"]
+
+
+# ------------------------------------------------------------------------ failures after an epoch
+def test_every_checkpoint_invalid_stops_resume_naming_each_file(uninterrupted_run: Path, tmp_path: Path) -> None:
+    """resume=true on a run whose checkpoints are all corrupt stops (no silent fresh start), listing
+    every file with why it is invalid and naming the option that starts over; nothing is written."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted_run, run_dir)
+    (run_dir / "results.json").unlink()  # an unfinished run
+    ckpts = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
+    assert len(ckpts) == 2
+    ckpts[0].write_bytes(ckpts[0].read_bytes()[:100])  # truncated
+    data = bytearray(ckpts[1].read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte: the checksum fails
+    ckpts[1].write_bytes(bytes(data))
+    with pytest.raises(RunFolderError) as err:
+        train(compose(*REPRO, "resume=true"), run_dir=run_dir)
+    message = str(err.value)
+    assert all(p.name in message for p in ckpts) and "truncated" in message and "checksum" in message
+    assert "resume=false" in message
+    assert not (run_dir / "results.json").exists()
+
+
+def test_a_crash_in_validation_keeps_the_epoch_and_resume_redoes_it(
+    uninterrupted_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation raises after epoch 2: its checkpoint is already on disk, the error says to resume,
+    and resume=true validates epoch 2 again, then finishes like run A (one record per validation)."""
+    from rtmdet_exp.engine.loop import ValidationFailedError
+    from rtmdet_exp.engine.validation import Validator
+
+    real = Validator.__call__
+    calls = [0]
+
+    def failing_second(self: Validator, detector: Any, max_images: Any = None) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyError("iscrowd")
+        return real(self, detector, max_images)
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(Validator, "__call__", failing_second)
+    with pytest.raises(ValidationFailedError, match="epoch 2.*resume=true"):
+        train(compose(*REPRO), run_dir=run_dir)
+    assert (run_dir / "checkpoints" / "epoch_0002.pt").exists()
+    monkeypatch.setattr(Validator, "__call__", real)
+    train(compose(*REPRO, "resume=true"), run_dir=run_dir)
+    final_weights_equal(uninterrupted_run, run_dir)
+    val_epochs = [r["epoch"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                  if "val/mAP" in r]
+    assert val_epochs == [1, 2, 3]
+
+
+def test_a_failing_logger_is_switched_off_and_the_run_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rtmdet_exp.engine.loggers import NullLogger
+
+    def broken(self: NullLogger, metrics: dict, step: int) -> None:
+        raise OSError("the logging service went away")
+
+    monkeypatch.setattr(NullLogger, "log_metrics", broken)
+    summary = train(compose(*TINY, "trainer.max_epochs=1"), run_dir=tmp_path / "run")
+    assert summary["steps"] == STEPS_PER_EPOCH
+    warnings = [r.getMessage() for r in caplog.records if "switched off" in r.getMessage()]
+    assert len(warnings) == 1 and "NullLogger failed in log_metrics (OSError" in warnings[0], warnings
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count("train/loss") >= 1  # local logging went on

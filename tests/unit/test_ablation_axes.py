@@ -189,6 +189,7 @@ def test_axis_folders_hold_the_expected_options() -> None:
     assert options("arch") == sorted(ARCH)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("axis", "value"), [(a, v) for a, values in AXES.items() for v in values], ids=lambda x: str(x)
 )
@@ -209,6 +210,7 @@ def test_default_timm_backbone_is_resnet18() -> None:
     assert count_params(det.network.backbone) == 11_689_512 - 513_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", options("assigner"))
 def test_assigner_options(option: str) -> None:
     _, det = train_step([f"assigner={option}"])
@@ -218,6 +220,7 @@ def test_assigner_options(option: str) -> None:
 @pytest.mark.parametrize(("term", "option"), [("cls", o) for o in options("loss/cls")] + [
     ("box", o) for o in options("loss/box")
 ])
+@pytest.mark.slow
 def test_loss_options(term: str, option: str) -> None:
     _, det = train_step([f"loss/{term}={option}"])
     built = det.cls_loss if term == "cls" else det.box_loss
@@ -240,6 +243,7 @@ def random_combos(n: int, seed: int = 0) -> list[dict[str, str]]:
     return combos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combo", random_combos(5), ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_random_combinations(combo: dict[str, str]) -> None:
     overrides: list[str] = []
@@ -271,6 +275,7 @@ L_DW_CHANNELS = 4032 + 3456
 L_NO_CA = 50_921_244  # spec section 5: 3-6-6-3 without channel attention, 80 classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "params_m", "tol_m"),
     [
@@ -290,6 +295,7 @@ def test_paper_parameter_counts(overrides: list[str], params_m: float, tol_m: fl
     assert abs(count_params(meta_network(overrides)) / 1e6 - params_m) <= tol_m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "gmacs", "rel"),
     [
@@ -318,6 +324,7 @@ def test_unknown_option_lists_the_valid_ones(group: str) -> None:
         assert option in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -72,6 +72,7 @@ def test_optuna_studies(tmp_path: Path) -> None:
     assert none is None and "1 parameter" in reason
 
 
+@pytest.mark.slow
 def test_optuna_report_from_sweep_folder_and_url(sweep: Path, tmp_path: Path) -> None:
     _make_studies(sweep / "optuna.db")
     report = write_report(sweep, tmp_path / "both")
@@ -94,6 +95,7 @@ def test_optuna_report_from_sweep_folder_and_url(sweep: Path, tmp_path: Path) ->
         load_studies(f"sqlite:///{tmp_path / 'missing.db'}")
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_fake_sweep(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

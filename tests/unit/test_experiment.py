@@ -116,17 +116,32 @@ def test_there_are_documented_paper_commands() -> None:
     assert len(studies) >= 8, studies  # every grid study that reproduces a paper table has one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", PAPER_COMMANDS, ids=str)
 def test_documented_paper_command_composes_the_papers_recipe(command: Any, coco_dataset: Path) -> None:
     args = [a.replace("/data/coco", str(coco_dataset)) for a in run_py_args(command) if a != "..."]
     cfg, _ = compose_first_job(args)
     variant = cfg.model.variant
     study = next((a.split("=", 1)[1] for a in args if a.startswith("+study=")), None)
-    changes = dict(STUDY_CHANGES.get(study, {}))
+    # what the command line sets on purpose (a benchmark's few epochs) it shows; the rest must be the paper's
+    changes = {**STUDY_CHANGES.get(study, {}), **explicit_values(args)}
     assert_paper(cfg, variant, changes, str(command))
 
 
+def explicit_values(args: list[str]) -> dict[str, Any]:
+    """``key: value`` of the plain ``a.b=value`` overrides of a command line (not group choices, not sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = {}
+    for override in OverridesParser.create().parse_overrides([a for a in args if "=" in a and "." in a.split("=")[0]]):
+        if not override.is_sweep_override() and not override.key_or_group.startswith(("hydra.", "hydra/")) \
+                and "/" not in override.key_or_group:
+            values[override.key_or_group] = override.value()
+    return values
+
+
 # ----------------------------------------------------------------------- refused at compose time
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
@@ -176,6 +191,7 @@ def test_a_pruner_that_can_never_act_is_refused() -> None:
         check_config(compose(["trainer.max_epochs=4", "trainer.val_interval=2"]), late)
 
 
+@pytest.mark.slow
 def test_every_shipped_study_passes_the_checks() -> None:
     studies = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "sweeps" / "study").glob("*.yaml"))
     for study in studies:
@@ -265,6 +281,7 @@ def test_torchrun_ranks_name_the_same_folder(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- regressions
+@pytest.mark.slow
 def test_compile_keeps_the_names_the_ema_averages() -> None:
     """trainer.compile compiles the network in place: the EMA copy's tensor names stay valid."""
     detector = build.build_detector(compose(["model.backbone.widen_factor=0.125"]))

@@ -121,6 +121,7 @@ def test_fused_conv_hand_values() -> None:
     assert fused(torch.tensor([[[[4.0]]]])).item() == pytest.approx(bn(conv(torch.tensor([[[[4.0]]]]))).item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(SPEC_VARIANTS))
 def test_fused_network_matches_unfused(variant: str) -> None:
     net = spec_network(variant)
@@ -160,3 +161,22 @@ def test_fully_shared_tower_stays_shared() -> None:
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused(images), net.eval()(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, frozen_parts", [(-1, 0), (0, 1), (1, 2)])
+def test_frozen_stages_from_the_command_line(value: int, frozen_parts: int) -> None:
+    from rtmdet_exp.experiment import build, compose
+
+    network = build.build_network(compose(["model=rtmdet_tiny", f"model.frozen_stages={value}"]))
+    parts = [network.backbone.stem, *network.backbone.stages]
+    assert [all(not p.requires_grad for p in part.parameters()) for part in parts] == (
+        [True] * frozen_parts + [False] * (len(parts) - frozen_parts))
+    assert all(p.requires_grad for p in network.head.parameters())
+
+
+def test_frozen_stages_out_of_range_names_the_key() -> None:
+    from rtmdet_exp.experiment import build, compose
+    from rtmdet_exp.experiment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.frozen_stages=5: .*-1 \(none\) through 4"):
+        build.build_network(compose(["model=rtmdet_tiny", "model.frozen_stages=5"]))

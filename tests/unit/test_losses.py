@@ -419,6 +419,7 @@ def test_default_config_is_paper_losses(tmp_path: Path) -> None:
     assert paper.loss == cfg.loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls_option", ["qfl", "focal", "varifocal", "bce"])
 @pytest.mark.parametrize("box_option", ["giou", "iou", "diou", "ciou", "l1"])
 def test_every_option_instantiates_and_runs(tmp_path: Path, cls_option: str, box_option: str) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from rtmdet_exp.experiment.build import MODEL_META_KEYS
 from rtmdet_exp.models.backbone import CSPNeXt
 from rtmdet_exp.models.blocks import SPPF, ChannelAttention, ConvBNAct, CSPLayer, CSPNeXtBlock, DepthwiseSeparableConv
 from rtmdet_exp.models.complexity import breakdown, count_macs, count_params
@@ -42,7 +43,7 @@ SPEC = {
 
 def build(variant: str, num_classes: int = 80, meta: bool = True, **overrides: Any) -> RTMDetNet:
     """The ``model=rtmdet_<variant>`` node (the variant table's row) merged as Hydra would, then built."""
-    node = {k: v for k, v in model_config(variant).items() if k not in ("variant", "init_from")}
+    node = {k: v for k, v in model_config(variant).items() if k not in MODEL_META_KEYS}
     cfg = OmegaConf.merge({"model": node}, {"data": {"num_classes": num_classes}}, {"model": overrides})
     with torch.device("meta") if meta else contextlib.nullcontext():
         return hydra.utils.instantiate(cfg.model)
@@ -78,6 +79,7 @@ def test_variant_structure_matches_spec_table(variant: str) -> None:
     assert type(net.head.strides) is tuple and all(type(s) is int for s in net.head.strides)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("size", [64, 96])
 def test_output_shapes_every_variant(variant: str, size: int) -> None:
@@ -155,6 +157,7 @@ def test_3993_blocks_ablation_params() -> None:
     assert rel_err(deep / 1e6, 53.415) < 0.005
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kernel", "ref", "ref_macs"), [(3, 50.8, 79.61), (7, 51.1, 80.34)])
 def test_kernel_size_ablation_params(kernel: int, ref: float, ref_macs: float) -> None:
     base = count_params(build("l", backbone={"channel_attention": False}))
@@ -195,6 +198,7 @@ def test_count_macs_single_conv_by_hand() -> None:
     assert count_macs(conv, img_size=(4, 5), meta=False) == out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_macs_match_spec(variant: str) -> None:
     macs = count_macs(meta_model(variant), img_size=640)["macs"]

@@ -82,6 +82,7 @@ def test_pad_targets_pads_like_collate() -> None:
         pad_targets({k: batch[k] for k in ("boxes", "labels", "mask")}, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("assigner", ["soft", "hard", "atss", "task_aligned", "soft_gtcls"])
 def test_padding_gt_to_the_bucket_leaves_the_losses_unchanged(assigner: str) -> None:
     """Masked padding boxes take part in no assignment, so the losses at M, 16 and 64 are identical."""
@@ -137,6 +138,7 @@ def cpu_recorder() -> tuple:
     return capture, captured
 
 
+@pytest.mark.slow
 def test_graphed_step_matches_eager_with_one_capture_per_bucket() -> None:
     capture, captured = cpu_recorder()
     # the eager reference keeps its lr in a tensor as the graph must (a float32 lr drifts from a double one)
@@ -234,6 +236,7 @@ def poison_second_forward(step: TrainStep) -> None:
     step.model.forward = forward_with_nan
 
 
+@pytest.mark.slow
 def test_found_inf_skips_the_step_on_the_device_like_the_host_check() -> None:
     """[good, NaN, good] with the skip decided on the device (fused AdamW's ``found_inf``) ends with the
     same weights, EMA and Adam step counts as with the skip decided on the host (``bool(found_inf)``

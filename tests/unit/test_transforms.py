@@ -528,6 +528,7 @@ def test_pipeline_deterministic_per_seed_and_worker() -> None:
         assert any(not np.array_equal(x["img"], y["img"]) for x, y in zip(a, other))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_full_stage1_geometry_boxes_follow_pixels(seed: int) -> None:
     # colour-changing steps off (HSV recolours, MixUp blends); every geometric step of stage 1 stays
