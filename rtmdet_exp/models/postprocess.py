@@ -32,6 +32,25 @@ class PostprocessConfig:
             raise ValueError(f"nms_pre and max_per_img must be >= 1, got {self.nms_pre}, {self.max_per_img}")
 
 
+def _level_candidates(
+    scores: Tensor, boxes: Tensor, level_sizes: list[int], nms_pre: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``nms_pre`` best (prior, class) pairs of each level: scores ``[B,K]``, labels ``[B,K]``, boxes ``[B,K,4]``."""
+    batch, _, num_classes = scores.shape
+    cand_scores, cand_index = [], []
+    start = 0
+    for size in level_sizes:
+        level = scores[:, start : start + size].reshape(batch, size * num_classes)  # [B, N_l*C]
+        top, idx = level.topk(min(nms_pre, size * num_classes), dim=1)  # [B, k]
+        cand_scores.append(top)
+        cand_index.append(idx + start * num_classes)  # index into the flattened [N*C] axis
+        start += size
+    flat_index = torch.cat(cand_index, dim=1)  # [B, K]
+    prior_index = flat_index // num_classes
+    cand_boxes = torch.gather(boxes, 1, prior_index[..., None].expand(-1, -1, 4))  # [B, K, 4]
+    return torch.cat(cand_scores, dim=1), flat_index % num_classes, cand_boxes
+
+
 def postprocess(
     scores: Tensor,
     boxes: Tensor,
@@ -48,20 +67,7 @@ def postprocess(
     """
     batch, _, num_classes = scores.shape
     device = scores.device
-    cand_scores, cand_index = [], []
-    start = 0
-    for size in level_sizes:
-        level = scores[:, start : start + size].reshape(batch, size * num_classes)  # [B, N_l*C]
-        k = min(cfg.nms_pre, size * num_classes)
-        top, idx = level.topk(k, dim=1)  # [B, k]
-        cand_scores.append(top)
-        cand_index.append(idx + start * num_classes)  # index into the flattened [N*C] axis
-        start += size
-    top_scores = torch.cat(cand_scores, dim=1)  # [B, K]
-    flat_index = torch.cat(cand_index, dim=1)
-    prior_index = flat_index // num_classes
-    labels = flat_index % num_classes
-    cand_boxes = torch.gather(boxes, 1, prior_index[..., None].expand(-1, -1, 4))  # [B, K, 4]
+    top_scores, labels, cand_boxes = _level_candidates(scores, boxes, level_sizes, cfg.nms_pre)
 
     # Clip to the resized image (h, w) per image, before NMS as in the reference.
     img_hw = meta["img_shape"].to(device=device, dtype=cand_boxes.dtype)
