@@ -151,13 +151,16 @@ class DataModule:
         return self.augment.switch_epoch
 
     # ------------------------------------------------------------------------------ loaders
-    def train_loader(self, epoch: int, start_batch: int = 0, in_process: bool = False) -> DataLoader:
-        """The training loader positioned at ``(epoch, start_batch)``; built once, workers persist.
+    def train_loader(self, epoch: int, start_batch: int = 0, in_process: bool = False, end_epoch: int | None = None,
+                     max_batches: int | None = None) -> DataLoader:
+        """The training loader from ``(epoch, start_batch)`` to ``end_epoch``; built once, workers persist.
 
+        One epoch by default; the training loop asks for all of its epochs at once so that the
+        workers run on over epoch boundaries. ``max_batches`` cuts every epoch short.
         ``in_process=True`` gives a loader without worker processes that makes the same batches
         (same cache lanes), for tools that look at the training data.
         """
-        self.sampler.set_epoch(epoch, start_batch)
+        self.sampler.set_epoch(epoch, start_batch, end_epoch, max_batches)
         workers = 0 if in_process else self.num_workers
         if workers not in self._train_loaders:
             if self._train_set is None:

@@ -1,7 +1,10 @@
 """Training order and per-sample augmentation that a resumed run reproduces exactly.
 
 The sampler yields ``(epoch, index, position)`` triples: every DataLoader worker (persistent ones
-included) knows the epoch and the place in the epoch of each sample it makes. A sample's random
+included) knows the epoch and the place in the epoch of each sample it makes. So one sampler can run
+on across epochs: the training loop iterates one loader from its start (or resume) to its last epoch,
+and the workers never drain and restart at an epoch boundary (with 8-step epochs that restart was a
+third of the run's time). A sample's random
 draws come from a generator seeded by ``(seed, epoch, index)``, so they do not depend on the worker.
 
 What does depend on history is the Mosaic/MixUp cache: a sample is mixed with images seen before
@@ -36,7 +39,12 @@ def epoch_order(size: int, batch_size: int, seed: int, epoch: int, rank: int = 0
 
 
 class EpochSampler(Sampler):
-    """``(epoch, index, position)`` triples of one rank, resumable mid-epoch with ``set_epoch``."""
+    """``(epoch, index, position)`` triples of one rank from a position to the end of an epoch range.
+
+    ``set_epoch(epoch, start_batch, end_epoch, max_batches)`` positions it: the first epoch starts at
+    ``start_batch`` (a resumed run skips what it trained), the following ones run whole, up to
+    ``end_epoch`` (exclusive; one epoch by default), each cut to ``max_batches`` batches if given.
+    """
 
     def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if size < batch_size * world_size:
@@ -46,26 +54,38 @@ class EpochSampler(Sampler):
             )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start_batch = 0, 0
+        self.set_epoch(0)
 
     @property
     def batches_per_epoch(self) -> int:
         return self.size // (self.batch_size * self.world_size)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Position the sampler; ``start_batch`` skips the batches a resumed run has trained on."""
+    def set_epoch(self, epoch: int, start_batch: int = 0, end_epoch: int | None = None,
+                  max_batches: int | None = None) -> None:
+        """Position the sampler at batch ``start_batch`` of ``epoch``, to run until ``end_epoch``."""
         self.epoch, self.start_batch = epoch, start_batch
+        self.end_epoch = max(epoch + 1, end_epoch or 0)
+        self.max_batches = max_batches
+
+    @property
+    def batches_in_epoch(self) -> int:
+        """Batches taken from each epoch (``max_batches`` caps it)."""
+        full = self.batches_per_epoch
+        return full if self.max_batches is None else min(full, self.max_batches)
 
     def order(self, epoch: int) -> list[int]:
         return epoch_order(self.size, self.batch_size, self.seed, epoch, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        start = self.start_batch * self.batch_size
-        for position, index in enumerate(self.order(self.epoch)[start:], start=start):
-            yield self.epoch, index, position
+        stop = self.batches_in_epoch * self.batch_size
+        for epoch in range(self.epoch, self.end_epoch):
+            order = self.order(epoch)
+            start = self.start_batch * self.batch_size if epoch == self.epoch else 0
+            for position in range(start, stop):
+                yield epoch, order[position], position
 
     def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+        return ((self.end_epoch - self.epoch) * self.batches_in_epoch - self.start_batch) * self.batch_size
 
 
 class AugmentedDataset(Dataset):

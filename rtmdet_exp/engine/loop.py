@@ -110,7 +110,8 @@ def is_main_process() -> bool:
 
 @dataclass
 class Trainer:
-    """Runs :meth:`fit` over a data module (``train_loader(epoch, start_batch)``, ``steps_per_epoch``).
+    """Runs :meth:`fit` over a data module (``train_loader(epoch, start_batch, end_epoch=, max_batches=)``,
+    ``steps_per_epoch``).
 
     ``validate(model) -> ValidationResult`` scores a model on the validation set (rank 0 only);
     ``on_validation`` callbacks receive each result (files, sweep reports, images for loggers).
@@ -136,6 +137,8 @@ class Trainer:
         self._startup_s: float | None = None  # measured at the first step, logged with the next record
         self.startup_s: float | None = None  # process start to the end of this process's first step
         self._first_step_done = False
+        self._stream: Iterator[dict[str, Any]] | None = None  # training batches, across epochs
+        self._stream_at: tuple[int, int] | None = None  # (epoch, batch) the stream yields next
 
     # ------------------------------------------------------------------------------ checkpoints
     def payload(self) -> dict[str, Any]:
@@ -223,11 +226,21 @@ class Trainer:
         return interval > 0 and epochs_done % interval == 0
 
     def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
-        loader = self.data.train_loader(epoch, start_batch=self.state.batch_in_epoch)
-        limit = self.settings.limit_train_batches
-        for i, batch in enumerate(loader, start=self.state.batch_in_epoch):
-            if limit is not None and i >= limit:
-                return
+        """This epoch's remaining batches, taken from one loader iterator that runs across epochs.
+
+        The iterator is made once (and again after anything broke its order): the workers prepare
+        the next epoch's first batches while this one is checkpointed and validated.
+        """
+        here = (epoch, self.state.batch_in_epoch)
+        if self._stream is None or self._stream_at != here:
+            loader = self.data.train_loader(epoch, start_batch=here[1], end_epoch=self.settings.max_epochs,
+                                            max_batches=self.settings.limit_train_batches)
+            self._stream, self._stream_at = iter(loader), here
+        total = self.epoch_length()
+        for i in range(here[1], total):
+            self._stream_at = None  # unknown until the batch is in hand
+            batch = next(self._stream)
+            self._stream_at = (epoch, i + 1) if i + 1 < total else (epoch + 1, 0)
             yield batch
 
     def epoch_length(self) -> int:

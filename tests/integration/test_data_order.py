@@ -87,3 +87,26 @@ def test_preview_draws_the_training_batches(reference: list, tmp_path: Path) -> 
     expected = draw_grid([im.permute(1, 2, 0).numpy() for im in images], [b[m].numpy() for b, m in zip(boxes, mask)],
                          [lb[m].numpy() for lb, m in zip(labels, mask)], data_module().class_names)
     assert (cv2.imread(str(out)) == expected).all()
+
+
+def test_one_loader_across_epochs_makes_each_epochs_batches() -> None:
+    """The training loop iterates one loader over all its epochs (workers never restart). With 5
+    batches per epoch and 2 workers, the worker that starts an epoch alternates, and the run starts
+    mid-epoch (a resume): the stream must still equal a fresh loader per epoch, stage switch included."""
+    settings = [s for s in SETTINGS if not s.startswith("data.synthetic.num_train")] + ["data.synthetic.num_train=20"]
+    cfg = compose(settings)
+
+    def fresh():
+        data = build.build_data(cfg, build.build_augment(cfg))
+        data.setup()
+        return data
+
+    per_epoch = batches(fresh().train_loader(0, start_batch=3))
+    for epoch in range(1, 4):
+        per_epoch += batches(fresh().train_loader(epoch))
+    data = fresh()
+    assert data.steps_per_epoch == 5
+    assert_same(batches(data.train_loader(0, start_batch=3, end_epoch=4)), per_epoch)
+    assert len(per_epoch) == 2 + 3 * 5
+    cut = batches(data.train_loader(2, end_epoch=4, max_batches=2))  # limit_train_batches cuts every epoch
+    assert_same(cut, per_epoch[2 + 5:2 + 5 + 2] + per_epoch[2 + 10:2 + 10 + 2])
