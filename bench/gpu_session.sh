@@ -60,8 +60,22 @@ if [[ $PART == bench || $PART == part1 ]]; then  # the step, the loop, short run
   run 120 train_step python3 bench/train_step.py --modes eager cuda_graph --out "$OUT/train_step.json"
   run 170 e2e python3 bench/throughput.py --case e2e --modes cuda_graph eager --workers "$WORKERS" \
     --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
-  run 110 short python3 bench/throughput.py --case short --modes cuda_graph --out "$OUT/short.json"
+  run 260 short python3 bench/throughput.py --case short --modes cuda_graph --out "$OUT/short.json"
   run 200 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
+fi
+if [[ $PART == part1b ]]; then  # the short runs, the peer loop and latency (after part1's step and e2e)
+  run 260 short python3 bench/throughput.py --case short --modes cuda_graph --out "$OUT/short.json"
+  run 100 peer python3 bench/throughput.py --case peer --workers "$WORKERS" --out "$OUT/peer.json"
+  run 200 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
+fi
+if [[ $PART == pool ]]; then  # where a short run's start-up goes (cProfile), then the 12-run study
+  mkdir -p /tmp/prof
+  run 80 startup_profile python3 -m cProfile -o "$OUT/short_run.prof" run.py model=rtmdet_tiny trainer.device=cuda \
+    data.img_size=320 data.batch_size=8 data.synthetic.num_train=68 trainer.max_epochs=150 logger=none \
+    trainer.step_mode=cuda_graph trainer.checkpoint_interval=150 trainer.val_interval=150 \
+    trainer.stage2_val_interval=150 hydra.run.dir=/tmp/prof/run
+  run 450 study_pool python3 bench/study_pool.py --out /tmp/study_pool
+  cp /tmp/study_pool/study_pool.json "$OUT/" 2>/dev/null
 fi
 if [[ $PART == bench || $PART == part2 ]]; then  # a full GPU: the 12-run study in the pool, then the peer loop
   run 450 study_pool python3 bench/study_pool.py --out /tmp/study_pool

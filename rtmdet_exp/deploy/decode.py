@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from rtmdet_exp.models.postprocess import PostprocessConfig
+from rtmdet_exp.models.postprocess import PostprocessConfig, level_candidates
 
 __all__ = ["PAPER_TEST", "DEPLOYMENT", "Candidates", "dense_candidates", "select_detections"]
 
@@ -47,27 +47,14 @@ def dense_candidates(scores: Tensor, boxes: Tensor, level_sizes: list[int], img_
     ``img_hw [B,2]`` is the (h, w) of each resized, unpadded image; boxes are clipped to it.
     Graph-safe: no output shape depends on the values, and nothing is read back to the host.
     """
-    batch, _, num_classes = scores.shape
-    cand_scores, cand_index = [], []
-    start = 0
-    for size in level_sizes:
-        level = scores[:, start : start + size].reshape(batch, size * num_classes)  # [B, N_l*C]
-        top, idx = level.topk(min(cfg.nms_pre, size * num_classes), dim=1)  # [B, k_l]
-        cand_scores.append(top)
-        cand_index.append(idx + start * num_classes)  # index into the flattened [N*C] axis
-        start += size
-    top_scores = torch.cat(cand_scores, dim=1)  # [B, K]
-    flat_index = torch.cat(cand_index, dim=1)  # [B, K]
-    prior_index = flat_index // num_classes
-    labels = flat_index % num_classes
-    cand_boxes = torch.gather(boxes, 1, prior_index[..., None].expand(-1, -1, 4))  # [B, K, 4]
+    top_scores, labels, cand_boxes = level_candidates(scores, boxes, level_sizes, cfg.nms_pre)
     # (w, h, w, h) per image without indexing by a Python list (that would copy from the host)
     limits = img_hw.to(device=cand_boxes.device, dtype=cand_boxes.dtype).flip(-1).repeat(1, 2)[:, None]  # [B, 1, 4]
     cand_boxes = torch.minimum(cand_boxes.clamp(min=0), limits)
     valid = (top_scores > cfg.score_thr) & (cand_boxes[..., 2] > cand_boxes[..., 0]) & (
         cand_boxes[..., 3] > cand_boxes[..., 1]
     )
-    return Candidates(top_scores, cand_boxes, labels, valid, num_classes)
+    return Candidates(top_scores, cand_boxes, labels, valid, scores.shape[2])
 
 
 def select_detections(cand: Candidates, meta: dict[str, Tensor], cfg: PostprocessConfig) -> list[dict[str, Tensor]]:

@@ -32,7 +32,7 @@ class PostprocessConfig:
             raise ValueError(f"nms_pre and max_per_img must be >= 1, got {self.nms_pre}, {self.max_per_img}")
 
 
-def _level_candidates(
+def level_candidates(
     scores: Tensor, boxes: Tensor, level_sizes: list[int], nms_pre: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``nms_pre`` best (prior, class) pairs of each level: scores ``[B,K]``, labels ``[B,K]``, boxes ``[B,K,4]``."""
@@ -67,7 +67,7 @@ def postprocess(
     """
     batch, _, num_classes = scores.shape
     device = scores.device
-    top_scores, labels, cand_boxes = _level_candidates(scores, boxes, level_sizes, cfg.nms_pre)
+    top_scores, labels, cand_boxes = level_candidates(scores, boxes, level_sizes, cfg.nms_pre)
 
     # Clip to the resized image (h, w) per image, before NMS as in the reference.
     img_hw = meta["img_shape"].to(device=device, dtype=cand_boxes.dtype)
