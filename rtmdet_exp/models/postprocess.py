@@ -3,11 +3,20 @@
 Follows the RTMDet test config (spec section 6): sigmoid scores, multi-label (one prior may give
 several class detections), per-level top-k before NMS, score threshold, class-aware NMS, top
 ``max_per_img`` by score, then clip to the resized image and map back to original coordinates.
+
+It runs in two halves, split where the first wait for the device happens, so that the deployment
+path (:mod:`rtmdet_exp.deploy.fast`) can put the first one in a CUDA graph:
+
+* :func:`dense_candidates`: per-level top-k, clipping and the validity mask; every shape is fixed
+  by the input shape and nothing is read back to the host;
+* :func:`select_detections`: drop invalid candidates, class-aware NMS (torchvision, which reads a
+  mask back to the host), top ``max_per_img`` per image, back to original-image pixels.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,7 +41,7 @@ class PostprocessConfig:
             raise ValueError(f"nms_pre and max_per_img must be >= 1, got {self.nms_pre}, {self.max_per_img}")
 
 
-def level_candidates(
+def _level_candidates(
     scores: Tensor, boxes: Tensor, level_sizes: list[int], nms_pre: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``nms_pre`` best (prior, class) pairs of each level: scores ``[B,K]``, labels ``[B,K]``, boxes ``[B,K,4]``."""
@@ -51,6 +60,66 @@ def level_candidates(
     return torch.cat(cand_scores, dim=1), flat_index % num_classes, cand_boxes
 
 
+class Candidates(NamedTuple):
+    """The fixed-size candidates of a batch; ``K`` = sum over levels of ``min(nms_pre, N_l * C)``."""
+
+    scores: Tensor  # [B, K] probability of each (prior, class) pair
+    boxes: Tensor  # [B, K, 4] xyxy pixels of the letterboxed input, clipped to the resized image
+    labels: Tensor  # [B, K] int64 class of the pair
+    valid: Tensor  # [B, K] bool: score above score_thr and a box of positive width and height
+    num_classes: int  # C (labels are 0..C-1)
+
+
+def dense_candidates(scores: Tensor, boxes: Tensor, level_sizes: list[int], img_hw: Tensor,
+                     cfg: PostprocessConfig) -> Candidates:
+    """Per-level top ``nms_pre`` (prior, class) pairs of ``scores [B,N,C]`` with their ``boxes [B,N,4]``.
+
+    ``img_hw [B,2]`` is the (h, w) of each resized, unpadded image; boxes are clipped to it.
+    Graph-safe: no output shape depends on the values, and nothing is read back to the host.
+    """
+    top_scores, labels, cand_boxes = _level_candidates(scores, boxes, level_sizes, cfg.nms_pre)
+    # (w, h, w, h) per image without indexing by a Python list (that would copy from the host)
+    limits = img_hw.to(device=cand_boxes.device, dtype=cand_boxes.dtype).flip(-1).repeat(1, 2)[:, None]  # [B, 1, 4]
+    cand_boxes = torch.minimum(cand_boxes.clamp(min=0), limits)
+    valid = (top_scores > cfg.score_thr) & (cand_boxes[..., 2] > cand_boxes[..., 0]) & (
+        cand_boxes[..., 3] > cand_boxes[..., 1]
+    )
+    return Candidates(top_scores, cand_boxes, labels, valid, scores.shape[2])
+
+
+def select_detections(cand: Candidates, meta: dict[str, Tensor], cfg: PostprocessConfig) -> list[dict[str, Tensor]]:
+    """Class-aware NMS over the valid candidates, top ``max_per_img`` per image, original pixels.
+
+    ``meta`` holds ``pad_offset [B,2]`` (left, top) and ``scale_factor [B,2]`` (sx, sy) of the
+    letterbox. Returns one dict per image: ``boxes [K,4]`` xyxy, ``scores [K]``, ``labels [K]``.
+    """
+    batch, num_classes, device = cand.boxes.shape[0], cand.num_classes, cand.boxes.device
+    flat = cand.valid.reshape(-1).nonzero().squeeze(1)  # [V] (one host synchronisation)
+    v_boxes = cand.boxes.reshape(-1, 4)[flat]
+    v_scores = cand.scores.reshape(-1)[flat]
+    v_labels = cand.labels.reshape(-1)[flat]
+    v_image = flat // cand.labels.shape[1]  # row of the [B, K] layout = image
+
+    # One NMS call for the whole batch: groups are (image, class) pairs.
+    keep = batched_nms(v_boxes.float(), v_scores.float(), v_image * num_classes + v_labels, cfg.iou_threshold)
+    keep = keep[torch.sort(v_image[keep], stable=True).indices]  # per image, in score order
+    kept_image = v_image[keep]
+    counts = torch.bincount(kept_image, minlength=batch)
+    first = torch.cumsum(counts, 0) - counts  # start offset of each image's run
+    rank = torch.arange(keep.numel(), device=device) - first[kept_image]
+    keep = keep[rank < cfg.max_per_img]
+    kept_image = v_image[keep]
+
+    pad = meta["pad_offset"].to(device=device, dtype=v_boxes.dtype)[kept_image]  # [K, 2]
+    scale = meta["scale_factor"].to(device=device, dtype=v_boxes.dtype)[kept_image]
+    out_boxes = (v_boxes[keep] - pad.repeat(1, 2)) / scale.repeat(1, 2)
+    splits = torch.bincount(kept_image, minlength=batch).tolist()
+    return [
+        {"boxes": b, "scores": s, "labels": lab}
+        for b, s, lab in zip(out_boxes.split(splits), v_scores[keep].split(splits), v_labels[keep].split(splits))
+    ]
+
+
 def postprocess(
     scores: Tensor,
     boxes: Tensor,
@@ -65,45 +134,4 @@ def postprocess(
     (left, top) and ``scale_factor [B,2]`` (sx, sy) of the letterbox transform. Returns one dict per
     image with ``boxes [K,4]`` xyxy in original-image pixels, ``scores [K]`` and ``labels [K]``.
     """
-    batch, _, num_classes = scores.shape
-    device = scores.device
-    top_scores, labels, cand_boxes = level_candidates(scores, boxes, level_sizes, cfg.nms_pre)
-
-    # Clip to the resized image (h, w) per image, before NMS as in the reference.
-    img_hw = meta["img_shape"].to(device=device, dtype=cand_boxes.dtype)
-    limits = img_hw[:, None, [1, 0, 1, 0]]  # [B, 1, 4] = w, h, w, h
-    cand_boxes = torch.minimum(cand_boxes.clamp(min=0), limits)
-
-    valid = (top_scores > cfg.score_thr) & (cand_boxes[..., 2] > cand_boxes[..., 0]) & (
-        cand_boxes[..., 3] > cand_boxes[..., 1]
-    )
-    image_index = torch.arange(batch, device=device)[:, None].expand_as(labels)
-    flat_valid = valid.reshape(-1)
-    v_boxes = cand_boxes.reshape(-1, 4)[flat_valid]
-    v_scores = top_scores.reshape(-1)[flat_valid]
-    v_labels = labels.reshape(-1)[flat_valid]
-    v_image = image_index.reshape(-1)[flat_valid]
-
-    # One NMS call for the whole batch: groups are (image, class) pairs.
-    keep = batched_nms(v_boxes.float(), v_scores.float(), v_image * num_classes + v_labels, cfg.iou_threshold)
-    # keep is sorted by score; a stable sort by image then gives per-image score order.
-    order = torch.sort(v_image[keep], stable=True).indices
-    keep = keep[order]
-    kept_image = v_image[keep]
-    counts = torch.bincount(kept_image, minlength=batch)
-    first = torch.cumsum(counts, 0) - counts  # start offset of each image's run
-    rank = torch.arange(keep.numel(), device=device) - first[kept_image]
-    keep = keep[rank < cfg.max_per_img]
-    kept_image = v_image[keep]
-
-    # Back to original image coordinates: remove padding offset, undo the resize.
-    pad = meta["pad_offset"].to(device=device, dtype=v_boxes.dtype)[kept_image]  # [K, 2]
-    scale = meta["scale_factor"].to(device=device, dtype=v_boxes.dtype)[kept_image]
-    out_boxes = (v_boxes[keep] - pad.repeat(1, 2)) / scale.repeat(1, 2)
-    splits = torch.bincount(kept_image, minlength=batch).tolist()
-    return [
-        {"boxes": b, "scores": s, "labels": lab}
-        for b, s, lab in zip(
-            out_boxes.split(splits), v_scores[keep].split(splits), v_labels[keep].split(splits)
-        )
-    ]
+    return select_detections(dense_candidates(scores, boxes, level_sizes, meta["img_shape"], cfg), meta, cfg)
