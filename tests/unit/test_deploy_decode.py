@@ -113,18 +113,24 @@ def reference_decode(scores: torch.Tensor, boxes: torch.Tensor, sizes: list[int]
     return out
 
 
+def crowded(seed: int, sizes: list[int], classes: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Two images of random, heavily overlapping boxes with random class scores, and different letterboxes."""
+    gen = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    scores = torch.rand(2, n, classes, generator=gen)
+    xy = torch.rand(2, n, 2, generator=gen) * 40
+    boxes = torch.cat([xy - 5, xy + torch.rand(2, n, 2, generator=gen) * 20], dim=-1)
+    meta = {"img_shape": torch.tensor([[48, 48], [40, 48]]), "pad_offset": torch.tensor([[0.0, 0.0], [0.0, 4.0]]),
+            "scale_factor": torch.tensor([[1.0, 1.0], [0.8, 0.8]])}
+    return scores, boxes, meta
+
+
 def test_decoding_equals_a_plain_reference_on_crowded_scores() -> None:
     """Many overlapping boxes, several classes per prior, nms_pre binding on the first level,
     max_per_img binding: postprocess (= the two halves the fast path splits) against the rule
     written one image and one class at a time."""
-    gen = torch.Generator().manual_seed(4)
-    batch, sizes, classes = 2, [36, 9], 4
-    n = sum(sizes)
-    scores = torch.rand(batch, n, classes, generator=gen)
-    xy = torch.rand(batch, n, 2, generator=gen) * 40
-    boxes = torch.cat([xy - 5, xy + torch.rand(batch, n, 2, generator=gen) * 20], dim=-1)
-    meta = {"img_shape": torch.tensor([[48, 48], [40, 48]]), "pad_offset": torch.tensor([[0.0, 0.0], [0.0, 4.0]]),
-            "scale_factor": torch.tensor([[1.0, 1.0], [0.8, 0.8]])}
+    sizes = [36, 9]
+    scores, boxes, meta = crowded(seed=4, sizes=sizes, classes=4)
     cfg = PostprocessConfig(score_thr=0.2, nms_pre=50, iou_threshold=0.5, max_per_img=20)
     want = reference_decode(scores, boxes, sizes, meta, cfg)
     got = postprocess(scores, boxes, sizes, meta, cfg)

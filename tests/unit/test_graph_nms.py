@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_deploy_decode import SIZE, assert_same_detections, detector, letterbox_meta  # noqa: F401 - fixture
+from test_deploy_decode import SIZE, assert_same_detections, crowded, detector, letterbox_meta  # noqa: F401 - fixture
 
 from rtmdet_exp.deploy.decode import DEPLOYMENT, PAPER_TEST, Candidates, dense_candidates
 from rtmdet_exp.deploy.fast import FastPredictor, _unpad
@@ -51,14 +51,8 @@ def test_unsettled_rounds_and_overflow_are_reported() -> None:
 def test_equals_torchvision_nms_on_crowded_scores(cfg: PostprocessConfig) -> None:
     """Random overlapping boxes, several classes per prior, two images with different letterboxes:
     with rounds enough to settle, the detections are exactly postprocess's (torchvision batched_nms)."""
-    gen = torch.Generator().manual_seed(5)
-    batch, sizes, classes = 2, [60, 15], 3
-    n = sum(sizes)
-    scores = torch.rand(batch, n, classes, generator=gen)
-    xy = torch.rand(batch, n, 2, generator=gen) * 40
-    boxes = torch.cat([xy - 5, xy + torch.rand(batch, n, 2, generator=gen) * 20], dim=-1)
-    meta = {"img_shape": torch.tensor([[48, 48], [40, 48]]), "pad_offset": torch.tensor([[0.0, 0.0], [0.0, 4.0]]),
-            "scale_factor": torch.tensor([[1.0, 1.0], [0.8, 0.8]])}
+    sizes = [60, 15]
+    scores, boxes, meta = crowded(seed=5, sizes=sizes, classes=3)
     want = postprocess(scores, boxes, sizes, meta, cfg)
     out = fixed_nms(dense_candidates(scores, boxes, sizes, meta["img_shape"], cfg), cfg, rounds=64)
     assert bool(out.exact)
@@ -66,27 +60,27 @@ def test_equals_torchvision_nms_on_crowded_scores(cfg: PostprocessConfig) -> Non
     assert_same_detections(_unpad(out, out.count.tolist(), meta), want)
 
 
+def predictions(detector: torch.nn.Module, cfg: PostprocessConfig, nms_block: int) -> tuple[list, list, FastPredictor]:
+    """Detector.predict's detections and the fixed-NMS predictor's (run eagerly) on the same 3 images."""
+    images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    meta = letterbox_meta(3)
+    detector.test_cfg = cfg
+    fast = FastPredictor(InferenceModel(detector, SIZE, fuse=False), 3, cfg, graph=False, fixed_nms=True,
+                         nms_block=nms_block)
+    return detector.predict(images, meta), fast(images, meta), fast
+
+
 @pytest.mark.parametrize("cfg", [DEPLOYMENT, PAPER_TEST])
 def test_fast_predictor_with_fixed_nms_equals_detector_predict(detector: torch.nn.Module,
                                                                cfg: PostprocessConfig) -> None:
     """The graph path's arithmetic, run eagerly, gives Detector.predict's detections."""
-    images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    meta = letterbox_meta(3)
-    detector.test_cfg = cfg
-    want = detector.predict(images, meta)
-    fast = FastPredictor(InferenceModel(detector, SIZE, fuse=False), 3, cfg, graph=False, fixed_nms=True,
-                         nms_block=4096)
-    assert_same_detections(fast(images, meta), want)
+    want, got, fast = predictions(detector, cfg, nms_block=4096)
+    assert_same_detections(got, want)
     assert fast.fallbacks == 0 and sum(len(w["scores"]) for w in want) > 0
 
 
 def test_block_too_small_falls_back_to_host_nms(detector: torch.nn.Module) -> None:
     """At score_thr 0.001 nearly all (prior, class) pairs are valid: far more than a block of 8."""
-    images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    meta = letterbox_meta(3)
-    detector.test_cfg = PAPER_TEST
-    want = detector.predict(images, meta)
-    small = FastPredictor(InferenceModel(detector, SIZE, fuse=False), 3, PAPER_TEST, graph=False, fixed_nms=True,
-                          nms_block=8)
-    assert_same_detections(small(images, meta), want)
-    assert small.fallbacks == 1 and min(len(w["scores"]) for w in want) > 8
+    want, got, fast = predictions(detector, PAPER_TEST, nms_block=8)
+    assert_same_detections(got, want)
+    assert fast.fallbacks == 1 and min(len(w["scores"]) for w in want) > 8
