@@ -21,32 +21,12 @@ from torch.profiler import ProfilerActivity, profile
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from train_step import synthetic_batches  # noqa: E402
-
-from rtmdet_exp.engine.ema import ModelEMA  # noqa: E402
-from rtmdet_exp.engine.step import TrainStep  # noqa: E402
-from rtmdet_exp.experiment import build, compose  # noqa: E402
-
-
-def make_step(args: argparse.Namespace, mode: str, device: torch.device) -> TrainStep:
-    cfg = compose([f"model={args.model}", "data.num_classes=80", f"data.img_size={args.size}",
-                   f"data.batch_size={args.batch}", "experiment=paper"])
-    torch.manual_seed(0)
-    detector = build.build_detector(cfg).to(device)
-    bf16, channels_last = build.precision_flags(cfg, device)
-    if channels_last:
-        detector.to(memory_format=torch.channels_last)
-    optimizer = build.build_optimizer(cfg, detector)
-    schedule = build.build_schedule(cfg, optimizer, steps_per_epoch=1000)
-    ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma)
-    step = TrainStep(detector, optimizer, schedule, device, bf16, channels_last, ema=ema, mode=mode)
-    step.train()
-    return step
+from train_step import make_step, synthetic_batches  # noqa: E402
 
 
 def profile_mode(args: argparse.Namespace, mode: str, device: torch.device) -> dict:
     batches = synthetic_batches(4, args.batch, args.size, device)
-    step = make_step(args, mode, device)
+    step = make_step(args.model, mode, args.size, args.batch, device)
     for i in range(8):  # warm-up (and capture)
         step(batches[i % len(batches)])
     torch.cuda.synchronize()

@@ -80,10 +80,10 @@ def timed(run_step: Any, batches: list[dict], warmup: int, steps: int, device: t
     return {"first_s": t1 - t0, "step_ms": elapsed / steps * 1e3, "img_per_s": batch * steps / elapsed}
 
 
-def ours(model: str, mode: str, batches: list[dict], args: argparse.Namespace, device: torch.device) -> dict:
-    """The platform's TrainStep in ``mode`` (bf16 + channels_last on a GPU, as the platform's defaults)."""
-    cfg = compose([f"model={model}", f"data.num_classes={NUM_CLASSES}", f"data.img_size={args.size}",
-                   f"data.batch_size={args.batch}", "experiment=paper"])
+def make_step(model: str, mode: str, size: int, batch: int, device: torch.device) -> TrainStep:
+    """The platform's TrainStep in ``mode`` under experiment=paper (bf16 + channels_last on a GPU, as its defaults)."""
+    cfg = compose([f"model={model}", f"data.num_classes={NUM_CLASSES}", f"data.img_size={size}",
+                   f"data.batch_size={batch}", "experiment=paper"])
     torch.manual_seed(0)
     detector = build.build_detector(cfg).to(device)
     bf16, channels_last = build.precision_flags(cfg, device)
@@ -96,8 +96,14 @@ def ours(model: str, mode: str, batches: list[dict], args: argparse.Namespace, d
     step = TrainStep(detector, optimizer, schedule, device, bf16, channels_last, ema=ema, mode=mode,
                      compile_backend=backend)
     step.train()
+    return step
+
+
+def ours(model: str, mode: str, batches: list[dict], args: argparse.Namespace, device: torch.device) -> dict:
+    """The platform's TrainStep in ``mode``, timed."""
+    step = make_step(model, mode, args.size, args.batch, device)
     row = timed(step, batches, args.warmup, args.steps, device)
-    row.update(name=f"ours {model} {mode}", mode=mode, bf16=bf16, channels_last=channels_last)
+    row.update(name=f"ours {model} {mode}", mode=mode, bf16=step.bf16, channels_last=step.channels_last)
     if mode == "cuda_graph":
         row.update(captures=step._graphs.captures, replays=step._graphs.replays)
     return row
