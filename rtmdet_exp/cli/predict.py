@@ -16,7 +16,6 @@ annotations know: the results can be drawn and read, not scored.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 from rtmdet_exp.atomic import write_json_atomic
 from rtmdet_exp.cli.args import Option, UsageError, parse
 from rtmdet_exp.cli.evaluate import dataset_categories, resolve_device
+from rtmdet_exp.data.annotations import AnnotationFileError, read_coco_json
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.transforms import LetterboxResize
 from rtmdet_exp.experiment.build import load_detector
@@ -59,17 +59,16 @@ def find_images(folder: Path) -> list[Path]:
 
 
 def read_ann(path: Path) -> dict[str, Any]:
-    """A COCO json's ``images`` and ``categories`` (clear errors for a file that is not one)."""
+    """A COCO json's ``images`` and ``categories`` (an image-info file without annotations will do).
+
+    Read as training reads annotation files, so a broken file gets the same worded error.
+    """
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"ann: '{path}' does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"ann: '{path}' is not readable JSON: {err}") from None
-    ok = isinstance(data, dict) and all(isinstance(data.get(k), list) for k in ("images", "categories"))
-    if ok:
-        ok = all(isinstance(i, dict) and "id" in i and "file_name" in i for i in data["images"]) and all(
-            isinstance(c, dict) and "id" in c for c in data["categories"])
+        data = read_coco_json(path, keys=("images", "categories"))
+    except AnnotationFileError as err:
+        raise UsageError(f"ann: {err}") from None
+    ok = all(isinstance(i, dict) and "id" in i and "file_name" in i for i in data["images"]) and all(
+        isinstance(c, dict) and "id" in c for c in data["categories"])
     if not ok:
         raise UsageError(f"ann: '{path}' is not a COCO json: it needs 'images' (each with id and file_name) and "
                          f"'categories' (each with id)")

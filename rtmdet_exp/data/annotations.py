@@ -157,13 +157,13 @@ def _lone_surrogate(obj: Any) -> str | None:
     return None
 
 
-def _check_layout(path: Path, coco: Any) -> None:
-    """A COCO instances file: an object holding ``images``, ``annotations`` and ``categories`` lists."""
-    lists = "'images', 'annotations' and 'categories'"
+def _check_layout(path: Path, coco: Any, keys: tuple[str, ...]) -> None:
+    """A COCO file: an object holding a list under each of ``keys`` (of ``images``, ``annotations``, ``categories``)."""
+    lists = ", ".join(f"'{k}'" for k in keys[:-1]) + f" and '{keys[-1]}'"
     if not isinstance(coco, dict):
         what = f"the top level is {describe_value(coco)}, expected an object with {lists} lists"
         raise AnnotationFileError(path, f"not a COCO instances file: {what}", "not COCO")
-    for key, noun in LISTS.items():
+    for key, noun in ((k, LISTS[k]) for k in keys):
         if key not in coco:
             what = f"no '{key}' list (a COCO instances file holds {lists})"
         elif not isinstance(coco[key], list):
@@ -173,11 +173,12 @@ def _check_layout(path: Path, coco: Any) -> None:
         raise AnnotationFileError(path, f"not a COCO instances file: {what}", "not COCO")
 
 
-def read_coco_json(path: str | os.PathLike) -> dict:
+def read_coco_json(path: str | os.PathLike, keys: tuple[str, ...] = tuple(LISTS)) -> dict:
     """The parsed COCO instances json at ``path``; :class:`AnnotationFileError` if it is not one.
 
-    Only the file's layout is checked here (an object with ``images``, ``annotations`` and
-    ``categories`` lists); the entries are checked by :mod:`rtmdet_exp.data.coco_checks`.
+    Only the file's layout is checked here (an object with a list under each of ``keys``: images,
+    annotations and categories by default; an image-info file for inference has no annotations);
+    the entries are checked by :mod:`rtmdet_exp.data.coco_checks`.
     """
     path = Path(path)
     try:
@@ -198,7 +199,7 @@ def read_coco_json(path: str | os.PathLike) -> dict:
         if where is not None:
             raise AnnotationFileError(path, f"{where} holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), "
                                             "which is not a character; fix the tool that wrote it", "not text")
-    _check_layout(path, coco)
+    _check_layout(path, coco, keys)
     return coco
 
 

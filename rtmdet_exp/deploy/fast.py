@@ -8,8 +8,9 @@ decoding) followed by :func:`~rtmdet_exp.deploy.decode.dense_candidates` (per-le
 validity mask) and :func:`~rtmdet_exp.deploy.graph_nms.fixed_nms` (NMS as fixed-size matrix work).
 After the replay one small read-back (detection counts and the fixed NMS's ``exact`` flag) is the
 only wait for the device; when the fixed NMS could not be exact (more valid candidates than its
-block, as under the paper's score_thr 0.001), torchvision's NMS runs on the same candidates in
-:func:`~rtmdet_exp.deploy.decode.select_detections`, so the result is the same either way.
+block) and wherever it is off (by default all but batch 1 under deployment settings), torchvision's
+NMS runs on the same candidates in :func:`~rtmdet_exp.deploy.decode.select_detections`, so the
+result is the same either way.
 
 :class:`FastPredictor` with ``graph=False`` runs the same halves eagerly, on any device: that is
 the fallback, and what the CPU tests check against ``Detector.predict``.

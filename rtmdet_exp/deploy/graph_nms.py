@@ -1,7 +1,8 @@
 """Greedy class-aware NMS with fixed shapes, so that a CUDA graph can hold it.
 
 torchvision's NMS reads a mask back to the host, and selecting the valid candidates before it does
-too: at batch 1 those waits cost more than the network (1.7 ms of 3.0 ms end to end on an H200).
+too: at batch 1 those waits cost about as much as the network (rtmdet_s on an H200: network 1.34 ms,
+end to end 2.83 ms with them, 2.50 ms with this NMS inside the graph).
 Under deployment settings (score_thr 0.25) an image has few valid candidates, so the ``top`` best of
 them per image fit in a fixed-size block and NMS becomes matrix work:
 

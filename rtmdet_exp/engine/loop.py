@@ -232,7 +232,7 @@ class Trainer:
         the next epoch's first batches while this one is checkpointed and validated.
         """
         here = (epoch, self.state.batch_in_epoch)
-        if self._stream is None or self._stream_at != here:
+        if self._stream is None or self._stream_at != here:  # first epoch, resume, or an interrupted epoch
             loader = self.data.train_loader(epoch, start_batch=here[1], end_epoch=self.settings.max_epochs,
                                             max_batches=self.settings.limit_train_batches)
             self._stream, self._stream_at = iter(loader), here
