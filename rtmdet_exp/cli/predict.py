@@ -3,8 +3,9 @@
     python -m rtmdet_exp.predict checkpoint=outputs/.../checkpoints/best.pt images=path/to/folder \
         [ann=instances_val.json] [out=predictions] [score_thr=0.3] [batch_size=8] [device=auto] [weights=ema|model]
 
-Writes one image per input with the detections drawn (``out/vis/``), ``out/predictions.json``
-(COCO results format: image_id, category_id, bbox as xywh, score), ``out/images.json``
+Writes one image per input with the detections above ``score_thr`` drawn (``out/vis/``),
+``out/predictions.json`` (every detection of the test-time decoding, in COCO results format:
+image_id, category_id, bbox as xywh, score), ``out/images.json``
 (image_id -> file name) and ``out/predictions_info.json`` (where the ids come from). The model is
 rebuilt from the config stored in the checkpoint.
 
@@ -38,7 +39,8 @@ OPTIONS = {
     "images": Option(None, "a folder of images", required=True),
     "ann": Option(None, "COCO json of these images: results carry its image and category ids"),
     "out": Option("predictions", "output folder"),
-    "score_thr": Option(0.3, "draw and keep detections scoring at least this", float),
+    "score_thr": Option(0.3, "draw detections scoring at least this (predictions.json keeps all, to be scored)",
+                        float),
     "batch_size": Option(8, "images per forward pass", int),
     "device": Option("auto", "auto | cpu | cuda"),
     "weights": Option("ema", "ema | model: which weights of the checkpoint"),
