@@ -68,6 +68,24 @@ if [[ $PART == part1b ]]; then  # the short runs, the peer loop and latency (aft
   run 100 peer python3 bench/throughput.py --case peer --workers "$WORKERS" --out "$OUT/peer.json"
   run 200 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
 fi
+if [[ $PART == compile1 ]]; then  # the step and the loop with the network compiled, beside the peer
+  run 260 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
+  run 300 e2e python3 bench/throughput.py --case e2e peer --modes cuda_graph+compile --workers "$WORKERS" \
+    --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
+fi
+if [[ $PART == compile2 ]]; then  # latency (compiled b32 network row) and the lean short run
+  run 120 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
+  run 300 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
+fi
+if [[ $PART == compile3 ]]; then  # the step with the network compiled (one graph now), latency, a lean short run
+  run 230 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
+  run 240 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
+  run 80 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
+fi
+if [[ $PART == probe ]]; then  # would Inductor help (inference b32, the graphed step); the lean short run
+  run 360 compile_probe python3 bench/compile_probe.py --out "$OUT/compile_probe.json"
+  run 120 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
+fi
 if [[ $PART == pool ]]; then  # where a short run's start-up goes (cProfile), then the 12-run study
   mkdir -p /tmp/prof
   run 80 startup_profile python3 -m cProfile -o "$OUT/short_run.prof" run.py model=rtmdet_tiny trainer.device=cuda \

@@ -10,7 +10,8 @@ CPU smoke run (tiny model, 64 px, a few iterations; what the CPU-only machines c
 
 Rows:
 * ``network``: the network alone (normalised fp16/bf16 input to raw head outputs), per model: ours
-  (rtmdet_s under the paper's recipe, 80 classes) unfused eager, fused eager and fused CUDA graph;
+  (rtmdet_s under the paper's recipe, 80 classes) unfused eager, fused eager and fused CUDA graph,
+  and at batch 32 fused + ``torch.compile`` (Inductor, one static shape) under a CUDA graph;
   YOLOv8s fused (``ultralytics``) and mmdetection's RTMDet-s unfused and fused, eager and graph,
   when importable (else a row says why not).
 * ``end-to-end``: uint8 images to detections (normalise, network, decode, per-level top-k,
@@ -150,6 +151,11 @@ def network_rows(args: argparse.Namespace, device: torch.device) -> list[dict[st
     rows = time_network(f"ours {args.model}", ours, args, device, graph=False)
     rows += time_network(f"ours {args.model} (fused)", fused, args, device, graph=False)
     rows += time_network(f"ours {args.model} (fused)", fused, args, device, graph=True)
+    if device.type == "cuda" and 32 in args.batches:  # Inductor's kernels (torch.compile of the fused network)
+        compiled = fuse_conv_bn(ours)
+        compiled.compile(dynamic=False)
+        rows += time_network(f"ours {args.model} (fused, compiled)", compiled, argparse.Namespace(**{
+            **vars(args), "batches": [32]}), device, graph=True)
     if args.no_peers:
         return rows
     for name, make, is_fused in peer_networks(args):

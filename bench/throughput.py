@@ -87,7 +87,10 @@ def window_throughput(records: list[dict], first: float, last: float) -> float |
 
 
 def e2e_args(s: dict[str, Any], mode: str) -> list[str]:
+    """``mode`` is a ``trainer.step_mode``, ``+compile`` after it sets ``trainer.compile=true``."""
+    mode, _, compiled = mode.partition("+")
     return ["experiment=paper", f"model={s['model']}", f"trainer.device={s['device']}", f"trainer.step_mode={mode}",
+            f"trainer.compile={str(compiled == 'compile').lower()}",
             f"trainer.max_epochs={s['epochs']}", "augment.stage2_epochs=1", f"data.img_size={s['size']}",
             f"data.batch_size={s['batch']}", f"data.num_workers={s['workers']}",
             f"data.synthetic.num_train={s['images']}", f"trainer.val_interval={s['epochs']}", "logger=none",
@@ -158,7 +161,7 @@ def case_peer(s: dict[str, Any], work: Path) -> list[dict]:
     return [row]
 
 
-def case_short(s: dict[str, Any], modes: list[str], work: Path) -> list[dict]:
+def case_short(s: dict[str, Any], modes: list[str], work: Path, lean_only: bool = False) -> list[dict]:
     short, rows = s["short"], []
     base = [f"model={s['model'] if s['extra'] else 'rtmdet_tiny'}", f"trainer.device={s['device']}",
             f"data.img_size={short['size']}", f"data.batch_size={short['batch']}",
@@ -167,7 +170,8 @@ def case_short(s: dict[str, Any], modes: list[str], work: Path) -> list[dict]:
     lean = [f"trainer.checkpoint_interval={short['epochs']}", f"trainer.val_interval={short['epochs']}",
             f"trainer.stage2_val_interval={short['epochs']}"]
     for mode in modes:
-        for variant, extra in (("default", []), ("last-epoch ckpt+val", lean)):
+        variants = (("default", []), ("last-epoch ckpt+val", lean))
+        for variant, extra in variants[1:] if lean_only else variants:
             out = run_ours([*base, f"trainer.step_mode={mode}", *extra], work / f"short_{mode}_{len(extra)}")
             row: dict[str, Any] = {"case": "short", "mode": mode, "variant": variant, "wall_s": out["wall_s"]}
             if "error" in out:
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bare", type=Path, default=None, help="bench/train_step.py JSON for the e2e/bare ratio")
     parser.add_argument("--one", type=Path, default=None, help="an earlier throughput JSON: its e2e rows are the "
                         "one-GPU baseline of --case ddp and its peer row the e2e peer")
+    parser.add_argument("--lean-only", action="store_true", help="short case: only the last-epoch ckpt+val variant")
     parser.add_argument("--quick", action="store_true", help="CPU smoke run with tiny sizes")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".cache" / "throughput")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "peer" in args.case:
         rows += case_peer(s, args.work)
     if "short" in args.case:
-        rows += case_short(s, modes, args.work)
+        rows += case_short(s, modes, args.work, args.lean_only)
     if "ddp" in args.case:
         available = 2 if args.quick else _gpu_count()
         for n in (n for n in args.gpus if 1 < n <= available):

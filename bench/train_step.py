@@ -1,7 +1,8 @@
 """Bare training step: ours per ``trainer.step_mode`` beside Ultralytics YOLOv8s, data already on the device.
 
     python bench/train_step.py [--model rtmdet_s] [--batch 32] [--size 640] [--steps 30] [--quick]
-                               [--modes eager compile cuda_graph] [--out bench/results/train_step.json]
+                               [--modes eager compile cuda_graph cuda_graph+compile]
+                               [--out bench/results/train_step.json]
 
 Ours is the platform's own :class:`~rtmdet_exp.engine.step.TrainStep` as ``train()`` builds it on a
 GPU: bf16 autocast, channels_last, fused AdamW, the EMA update, the schedule step, for each step mode.
@@ -81,7 +82,12 @@ def timed(run_step: Any, batches: list[dict], warmup: int, steps: int, device: t
 
 
 def make_step(model: str, mode: str, size: int, batch: int, device: torch.device) -> TrainStep:
-    """The platform's TrainStep in ``mode`` under experiment=paper (bf16 + channels_last on a GPU, as its defaults)."""
+    """The platform's TrainStep in ``mode`` under experiment=paper (bf16 + channels_last on a GPU, as its defaults).
+
+    ``<mode>+compile`` also compiles the network in place after the step is built, as ``train()`` does
+    with ``trainer.compile`` (auto: on a GPU for runs of >= 10,000 steps).
+    """
+    mode, _, compiled = mode.partition("+")
     cfg = compose([f"model={model}", f"data.num_classes={NUM_CLASSES}", f"data.img_size={size}",
                    f"data.batch_size={batch}", "experiment=paper"])
     torch.manual_seed(0)
@@ -95,6 +101,8 @@ def make_step(model: str, mode: str, size: int, batch: int, device: torch.device
     backend = "aot_eager" if device.type == "cpu" else "inductor"
     step = TrainStep(detector, optimizer, schedule, device, bf16, channels_last, ema=ema, mode=mode,
                      compile_backend=backend)
+    if compiled == "compile":
+        detector.network.compile(dynamic=False, backend=backend)
     step.train()
     return step
 
@@ -104,7 +112,7 @@ def ours(model: str, mode: str, batches: list[dict], args: argparse.Namespace, d
     step = make_step(model, mode, args.size, args.batch, device)
     row = timed(step, batches, args.warmup, args.steps, device)
     row.update(name=f"ours {model} {mode}", mode=mode, bf16=step.bf16, channels_last=step.channels_last)
-    if mode == "cuda_graph":
+    if mode.startswith("cuda_graph"):
         row.update(captures=step._graphs.captures, replays=step._graphs.replays)
     return row
 
@@ -169,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
         args.model, args.peer, args.batch, args.size, args.steps, args.warmup = "rtmdet_tiny", "yolov8n", 2, 64, 3, 2
-    modes = args.modes or (["eager", "compile", "cuda_graph"] if device.type == "cuda" else ["eager", "compile"])
+    modes = args.modes or (["eager", "cuda_graph", "cuda_graph+compile"] if device.type == "cuda"
+                           else ["eager", "compile"])
     batches = synthetic_batches(4, args.batch, args.size, device)
     rows = []
     for mode in modes:

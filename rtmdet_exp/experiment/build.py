@@ -192,6 +192,23 @@ def step_mode(cfg: DictConfig, device: torch.device, world_size: int = 1) -> str
     return "cuda_graph" if device.type == "cuda" and world_size == 1 else "eager"
 
 
+COMPILE_MIN_STEPS = 10_000  # trainer.compile=null compiles runs at least this long on a GPU
+
+
+def compile_network(cfg: DictConfig, device: torch.device, total_steps: int) -> bool:
+    """Whether to ``torch.compile`` the network (``trainer.compile``; null = auto).
+
+    Auto compiles on a GPU when the run has at least :data:`COMPILE_MIN_STEPS` optimiser steps.
+    Inductor's fused kernels make rtmdet_s's graphed step at batch 32, 640 px 1.5x faster on an H200
+    (bench/NOTES.md), but compiling its training graph takes minutes the first time, which a study's
+    short runs would not earn back; a COCO run (300 epochs) does within its first thousands of steps.
+    """
+    choice = plain(cfg.trainer).get("compile")
+    if choice is not None:
+        return bool(choice)
+    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+
+
 def precision_flags(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:
     """``(bf16, channels_last)`` for this device: auto means bf16 and channels_last on a GPU, fp32 on the CPU.
 

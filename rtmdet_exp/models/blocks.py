@@ -11,7 +11,6 @@ reaches the bottom.
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -127,8 +126,8 @@ class CSPNeXtBlock(nn.Module):
 class ChannelAttention(nn.Module):
     """Per-channel gate: global average pool, 1x1 conv with bias, Hardsigmoid, multiply.
 
-    No reduction ratio and no BN (mmdet ``layers/se_layer.py``). The pool runs in fp32 with autocast
-    disabled so that a large spatial mean does not lose precision under mixed precision.
+    No reduction ratio and no BN (mmdet ``layers/se_layer.py``). The pool runs in fp32 so that a
+    large spatial mean does not lose precision under mixed precision.
     """
 
     def __init__(self, channels: int) -> None:
@@ -138,15 +137,9 @@ class ChannelAttention(nn.Module):
         self.act = nn.Hardsigmoid(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        device_type = x.device.type
-        # Meta tensors (shape-only MAC counting) have no autocast, so there is nothing to switch off.
-        no_autocast = (
-            torch.autocast(device_type=device_type, enabled=False)
-            if torch.amp.is_autocast_available(device_type)
-            else contextlib.nullcontext()
-        )
-        with no_autocast:
-            pooled = F.adaptive_avg_pool2d(x.float(), 1)  # [B, C, 1, 1]
+        # Autocast casts no pooling op, so the mean of the fp32 copy is taken in fp32 under mixed
+        # precision too (an explicit autocast switch here broke torch.compile's graph on CUDA).
+        pooled = F.adaptive_avg_pool2d(x.float(), 1)  # [B, C, 1, 1]
         gate = self.act(self.fc(pooled.to(x.dtype)))  # [B, C, 1, 1]
         return x * gate
 

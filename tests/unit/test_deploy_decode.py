@@ -60,6 +60,20 @@ def test_inference_model_equals_the_detector(detector: torch.nn.Module) -> None:
     torch.testing.assert_close(fused_boxes, boxes, rtol=1e-4, atol=1e-4)
 
 
+def test_inference_model_compile_wraps_its_own_copy(detector: torch.nn.Module) -> None:
+    """compile=True compiles the model's network copy (not the detector's) with a static shape; run here
+    with Dynamo's eager stance, since Inductor's C++ build takes a minute on this CPU (its speed and
+    outputs are bench/latency.py's compiled row on a GPU)."""
+    images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    model = InferenceModel(detector, SIZE, fuse=True, compile=True)
+    assert model.network._compiled_call_impl is not None
+    assert getattr(detector.network, "_compiled_call_impl", None) is None
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        got = model(images)
+        want = InferenceModel(detector, SIZE, fuse=True)(images)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_inference_model_refuses_another_input_size(detector: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match=r"built for \(64, 64\)"):
         InferenceModel(detector, SIZE)(torch.zeros(1, 3, 96, 96, dtype=torch.uint8))

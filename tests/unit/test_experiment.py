@@ -291,6 +291,18 @@ def test_compile_keeps_the_names_the_ema_averages() -> None:
     assert ema.steps == 1
 
 
+def test_compile_auto_compiles_long_gpu_runs_only() -> None:
+    """trainer.compile=null: compile on a GPU from 10,000 steps (a COCO run), never on the CPU; true/false win."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    auto = compose([])
+    assert auto.trainer.compile is None
+    assert build.compile_network(auto, cuda, 10_000) is True
+    assert build.compile_network(auto, cuda, 9_999) is False  # a study's short run: compiling would not pay
+    assert build.compile_network(auto, cpu, 10**6) is False
+    assert build.compile_network(compose(["trainer.compile=true"]), cpu, 1) is True
+    assert build.compile_network(compose(["trainer.compile=false"]), cuda, 10**6) is False
+
+
 def test_variant_table_is_what_model_options_compose() -> None:
     s = compose(["model=rtmdet_s"]).model
     assert (s.variant, s.backbone.deepen_factor, s.backbone.widen_factor) == ("s", 0.33, 0.5)
