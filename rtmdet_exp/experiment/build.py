@@ -195,10 +195,11 @@ def step_mode(cfg: DictConfig, device: torch.device, world_size: int = 1) -> str
 COMPILE_MIN_STEPS = 10_000  # trainer.compile=null compiles runs at least this long on a GPU
 
 
-def compile_network(cfg: DictConfig, device: torch.device, total_steps: int) -> bool:
+def compile_network(cfg: DictConfig, device: torch.device, total_steps: int, world_size: int = 1) -> bool:
     """Whether to ``torch.compile`` the network (``trainer.compile``; null = auto).
 
-    Auto compiles on a GPU when the run has at least :data:`COMPILE_MIN_STEPS` optimiser steps.
+    Auto compiles on one GPU (not under torchrun, where it was not measured) when the run has at
+    least :data:`COMPILE_MIN_STEPS` optimiser steps.
     Inductor's fused kernels make rtmdet_s's graphed step at batch 32, 640 px 1.5x faster on an H200
     (bench/NOTES.md), but compiling its training graph takes minutes the first time, which a study's
     short runs would not earn back; a COCO run (300 epochs) does within its first thousands of steps.
@@ -206,7 +207,7 @@ def compile_network(cfg: DictConfig, device: torch.device, total_steps: int) -> 
     choice = plain(cfg.trainer).get("compile")
     if choice is not None:
         return bool(choice)
-    return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+    return device.type == "cuda" and world_size == 1 and total_steps >= COMPILE_MIN_STEPS
 
 
 def precision_flags(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:

@@ -43,7 +43,7 @@ class TrainerConfig:
     device: Device = Device.auto  # auto (the GPU when there is one) | cpu | cuda
     precision: Precision = Precision.auto  # auto (bf16 on a GPU, fp32 on the CPU) | bf16 | fp32
     channels_last: Optional[bool] = None  # null = auto (on for a GPU) | true | false
-    compile: Optional[bool] = None  # torch.compile the network: null = auto (on a GPU for runs of >= 10,000 steps)
+    compile: Optional[bool] = None  # torch.compile the network: null = auto (one GPU, runs of >= 10,000 steps)
     step_mode: StepMode = StepMode.auto  # auto (cuda_graph on one GPU, else eager) | eager | compile | cuda_graph
     grad_clip: Optional[float] = None  # max gradient norm; null = no clipping (the paper clips none)
     val_interval: int = 10  # validate every N epochs (and always after the last one)

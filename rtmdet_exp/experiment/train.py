@@ -77,7 +77,7 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
                          mode=build.step_mode(cfg, device, world))
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    if build.compile_network(cfg, device, data.steps_per_epoch * int(cfg.trainer.max_epochs)):
+    if build.compile_network(cfg, device, data.steps_per_epoch * int(cfg.trainer.max_epochs), world):
         log.info("torch.compile of the network: its first steps build Inductor kernels (minutes on a cold cache)")
         detector.network.compile(dynamic=False)  # in place: parameter names (and so the EMA's) stay the same
     validator = Validator(data, device, bf16, channels_last, cfg.trainer.limit_val_batches, cfg.trainer.num_vis_images)

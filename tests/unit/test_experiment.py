@@ -292,13 +292,15 @@ def test_compile_keeps_the_names_the_ema_averages() -> None:
 
 
 def test_compile_auto_compiles_long_gpu_runs_only() -> None:
-    """trainer.compile=null: compile on a GPU from 10,000 steps (a COCO run), never on the CPU; true/false win."""
+    """trainer.compile=null: compile on one GPU from 10,000 steps (a COCO run), not on the CPU or under
+    torchrun; true/false win."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     auto = compose([])
     assert auto.trainer.compile is None
     assert build.compile_network(auto, cuda, 10_000) is True
     assert build.compile_network(auto, cuda, 9_999) is False  # a study's short run: compiling would not pay
     assert build.compile_network(auto, cpu, 10**6) is False
+    assert build.compile_network(auto, cuda, 10**6, world_size=2) is False
     assert build.compile_network(compose(["trainer.compile=true"]), cpu, 1) is True
     assert build.compile_network(compose(["trainer.compile=false"]), cuda, 10**6) is False
 
