@@ -337,5 +337,4 @@ def load_weights(
         )
         report.notes.append(message)
         log.warning("%s: %s", path, message)
-    log.info(report.summary())
-    return report
+    return report  # the caller reports it (train() logs it under model.init_from)
