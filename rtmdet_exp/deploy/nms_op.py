@@ -4,7 +4,7 @@
 returns the kept ``(batch, class, box)`` triples ``[K,3]`` int64, exactly the output of ONNX's
 ``NonMaxSuppression`` (opset 10+) with an unlimited ``max_output_boxes_per_class``: per image and
 class, boxes scoring above ``score_threshold`` are kept greedily unless their IoU with a kept box
-exceeds ``iou_threshold``. In PyTorch it runs torchvision's ``batched_nms`` (the rule of
+exceeds ``iou_threshold``. In PyTorch it runs :func:`rtmdet_exp.ops.nms.batched_nms` (the rule of
 :func:`rtmdet_exp.models.postprocess.postprocess`); at export :func:`onnx_translation` maps it to the
 ONNX operator, so that the exported graph holds the NMS instead of leaving it to the caller.
 Triples come out in PyTorch by decreasing score, in ONNX Runtime by image and class: callers must
@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+
+from rtmdet_exp.ops.nms import batched_nms
 
 __all__ = ["multiclass_nms", "onnx_translation"]
 

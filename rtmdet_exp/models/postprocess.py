@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+
+from rtmdet_exp.ops.nms import batched_nms
 
 
 @dataclass
