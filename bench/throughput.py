@@ -125,9 +125,10 @@ def case_peer(s: dict[str, Any], work: Path) -> list[dict]:
 
     from rtmdet_exp.data.synthetic import ensure_synthetic_dataset
 
-    root = Path(os.environ.get("RTMDET_DATA", str(REPO / "data_cache"))) / f"synthetic_{s['size']}_s0"
-    paths = ensure_synthetic_dataset(root, num_train=s["images"], num_val=200 if not s["extra"] else 8,
-                                     img_size=s["size"], seed=0)
+    num_val = 200 if not s["extra"] else 8
+    cache = Path(os.environ.get("RTMDET_DATA", str(REPO / "data_cache")))
+    root = cache / f"synthetic_{s['size']}_s0_{s['images']}-{num_val}_c10"  # the folder our e2e run made
+    paths = ensure_synthetic_dataset(root, num_train=s["images"], num_val=num_val, img_size=s["size"], seed=0)
     yolo_root = work / "yolo"
     train_dir = write_yolo_dataset(paths, yolo_root)
     val_paths = {**paths, "train_json": paths["val_json"], "train_images": paths["val_images"]}

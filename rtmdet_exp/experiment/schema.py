@@ -94,7 +94,10 @@ class SyntheticDataConfig(DataConfig):
     """The built-in procedural dataset, generated once in COCO format into ``root``."""
 
     name: str = "synthetic"
-    root: str = "${oc.env:RTMDET_DATA,data_cache}/synthetic_${data.synthetic.image_size}_s${data.synthetic.seed}"
+    # one folder per generated dataset: a run with other counts never regenerates (and so changes)
+    # the files an earlier run's results.json points to
+    root: str = ("${oc.env:RTMDET_DATA,data_cache}/synthetic_${data.synthetic.image_size}_s${data.synthetic.seed}"
+                 "_${data.synthetic.num_train}-${data.synthetic.num_val}_c${data.num_classes}")
     num_classes: int = 10
     img_size: int = 320
     batch_size: int = 16

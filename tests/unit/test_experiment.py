@@ -291,6 +291,16 @@ def test_compile_keeps_the_names_the_ema_averages() -> None:
     assert ema.steps == 1
 
 
+def test_each_generated_dataset_has_its_own_folder() -> None:
+    """Other counts or classes never regenerate the folder an earlier run's results point to (they did:
+    a 16-image run rewrote the default run's val annotations in place)."""
+    roots = {compose(overrides).data.root for overrides in (
+        [], ["data.synthetic.num_train=16"], ["data.synthetic.num_val=8"], ["data.num_classes=3"],
+        ["data.synthetic.seed=1"], ["data.img_size=320"])}
+    assert len(roots) == 6
+    assert compose([]).data.root.endswith("/synthetic_256_s0_800-200_c10")
+
+
 def test_compile_auto_compiles_long_gpu_runs_only() -> None:
     """trainer.compile=null: compile on one GPU from 10,000 steps (a COCO run), not on the CPU or under
     torchrun; true/false win."""
