@@ -11,7 +11,6 @@ reaches the bottom.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
