@@ -2,6 +2,7 @@
 # The GPU benchmark session, as one device command of at most 10 minutes (several GPUs when lent):
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
+#   bash bench/gpu_session.sh part1b|pool|compile1|compile3   (narrower calls; each part says what it runs)
 #   bash bench/gpu_session.sh recipes    (the CPU-default recipe candidates of bench/recipes.txt, fp32)
 # Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
 # the wheels, then runs the benchmarks in order of importance, each with a time limit cut to what is
@@ -73,18 +74,10 @@ if [[ $PART == compile1 ]]; then  # the step and the loop with the network compi
   run 300 e2e python3 bench/throughput.py --case e2e peer --modes cuda_graph+compile --workers "$WORKERS" \
     --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
 fi
-if [[ $PART == compile2 ]]; then  # latency (compiled b32 network row) and the lean short run
-  run 120 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
-  run 300 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
-fi
-if [[ $PART == compile3 ]]; then  # the step with the network compiled (one graph now), latency, a lean short run
+if [[ $PART == compile3 ]]; then  # the step with the network compiled, latency (compiled b32 row), a lean short run
   run 230 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
   run 240 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
   run 80 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
-fi
-if [[ $PART == probe ]]; then  # would Inductor help (inference b32, the graphed step); the lean short run
-  run 360 compile_probe python3 bench/compile_probe.py --out "$OUT/compile_probe.json"
-  run 120 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
 fi
 if [[ $PART == pool ]]; then  # where a short run's start-up goes (cProfile), then the 12-run study
   mkdir -p /tmp/prof
