@@ -124,11 +124,12 @@ def case_peer(s: dict[str, Any], work: Path) -> list[dict]:
     from ultralytics import YOLO
 
     from rtmdet_exp.data.synthetic import ensure_synthetic_dataset
+    from rtmdet_exp.experiment import compose
 
-    num_val = 200 if not s["extra"] else 8
-    cache = Path(os.environ.get("RTMDET_DATA", str(REPO / "data_cache")))
-    root = cache / f"synthetic_{s['size']}_s0_{s['images']}-{num_val}_c10"  # the folder our e2e run made
-    paths = ensure_synthetic_dataset(root, num_train=s["images"], num_val=num_val, img_size=s["size"], seed=0)
+    data = compose(e2e_args(s, "eager")).data  # the dataset (and folder) our e2e run trains on
+    root = Path(data.root) if Path(data.root).is_absolute() else REPO / data.root  # run.py runs in REPO
+    paths = ensure_synthetic_dataset(root, num_train=data.synthetic.num_train, num_val=data.synthetic.num_val,
+                                     img_size=data.img_size, seed=data.synthetic.seed, num_classes=data.num_classes)
     yolo_root = work / "yolo"
     train_dir = write_yolo_dataset(paths, yolo_root)
     val_paths = {**paths, "train_json": paths["val_json"], "train_images": paths["val_images"]}
