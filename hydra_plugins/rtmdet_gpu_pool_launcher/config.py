@@ -29,6 +29,9 @@ class GpuPoolLauncherConf:
     loader_workers: Any = "auto"
     loader_workers_key: str = "data.num_workers"  # config key of the loader process count (absent: left alone)
     console_log: str = "console.log"  # file in each run folder that gets the job's stdout and stderr
+    # NVIDIA MPS for runs sharing a GPU (their kernels overlap instead of taking turns): auto = a
+    # private daemon while the pool runs, where it can start (mps.py); true = required; false = never
+    mps: Any = "auto"
 
 
 ConfigStore.instance().store(

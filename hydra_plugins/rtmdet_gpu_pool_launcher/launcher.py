@@ -13,6 +13,8 @@
   the next.
 * A job that raises, or whose process dies (killed, out of memory, a crash in native code), comes
   back as a failed ``JobReturn``; the pool goes on with the other jobs.
+* Where several runs share a GPU the pool starts a private NVIDIA MPS daemon for its lifetime
+  (``hydra.launcher.mps``, ``mps.py``), so that their kernels run side by side instead of in turns.
 * Children lead their own sessions, so Ctrl-C reaches only this process, which then sends SIGTERM
   to every running job (the trainer saves ``checkpoints/interrupt.pt`` after its current step).
 """
@@ -40,6 +42,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.rtmdet_gpu_pool_launcher import mps as mps_service
 from hydra_plugins.rtmdet_gpu_pool_launcher import resources
 
 log = logging.getLogger(__name__)
@@ -69,12 +72,18 @@ def _count(name: str, value: Any, allow_none: bool = False) -> Any:
     return value
 
 
+def _mps_setting(value: Any) -> Any:
+    """``hydra.launcher.mps`` checked: auto, true or false (ValueError naming the key otherwise)."""
+    mps_service.wanted(value, False, {})
+    return value
+
+
 class GpuPoolLauncher(Launcher):
     """``hydra/launcher=gpu_pool`` (options: ``config.GpuPoolLauncherConf``)."""
 
     def __init__(self, workers: Any = AUTO, gpus: Sequence[str] | None = None, gpu_mem_per_run_gb: float = 8.0,
                  cpus_per_run: int = 2, loader_workers: Any = AUTO, loader_workers_key: str = "data.num_workers",
-                 console_log: str = "console.log") -> None:
+                 console_log: str = "console.log", mps: Any = mps_service.AUTO) -> None:
         self._workers = _count("workers", workers)
         self._cpus_per_run = _count("cpus_per_run", cpus_per_run)
         self._loader_workers = _count("loader_workers", loader_workers, allow_none=True)
@@ -83,6 +92,8 @@ class GpuPoolLauncher(Launcher):
         self._gpus = None if gpus is None else [str(g) for g in gpus]
         self._gpu_mem = float(gpu_mem_per_run_gb)
         self._loader_key, self._console_log = loader_workers_key, console_log
+        self._mps_setting = _mps_setting(mps)
+        self._mps_env: dict[str, str] = {}  # added to every job's environment while our daemon runs
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -116,10 +127,30 @@ class GpuPoolLauncher(Launcher):
             loaders = self._loader_count()
             log.info(f"gpu_pool: {workers} worker(s) ({why}) on {where}; per run {self._slots[0].threads} "
                      f"thread(s), {'the configured' if loaders is None else f'at most {loaders}'} loader worker(s)")
+            self._start_mps()
             for slot in self._slots:
                 self._free.put(slot)
             self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpu-pool")
         return self._slots
+
+    def _start_mps(self) -> None:
+        """A private MPS daemon for the pool's lifetime when runs share a GPU (``mps.wanted``)."""
+        assert self._slots is not None
+        shared = any(slot.shared and slot.gpu is not None for slot in self._slots)
+        start, why = mps_service.wanted(self._mps_setting, shared, os.environ)
+        if not start:
+            log.info(f"gpu_pool: no MPS daemon of its own ({why})")
+            return
+        daemon = mps_service.MpsDaemon(self._tmp / "mps")
+        problem = daemon.start()
+        if problem is not None:
+            if self._mps_setting is True:
+                raise RuntimeError(f"hydra.launcher.mps=true: the MPS daemon does not work: {problem}")
+            log.warning(f"gpu_pool: runs share their GPU without MPS (taking turns): {problem}")
+            return
+        self._mps_env = daemon.env
+        weakref.finalize(self, daemon.stop)  # also at interpreter exit
+        log.info(f"gpu_pool: MPS daemon started for the runs that share a GPU (pipe {daemon.pipe})")
 
     def _loader_count(self) -> int | None:
         """Loader processes per run to set: None leaves the configured count."""
@@ -213,7 +244,8 @@ class GpuPoolLauncher(Launcher):
         started = time.monotonic()
         with console.open("ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(job_file), str(result_file)],
-                                    env=resources.slot_environment(slot, os.environ), stdout=out,
+                                    env={**resources.slot_environment(slot, os.environ), **self._mps_env},
+                                    stdout=out,
                                     stderr=subprocess.STDOUT, cwd=os.getcwd(), start_new_session=True)
         with self._lock:
             self._running[job.num] = proc

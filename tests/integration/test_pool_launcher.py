@@ -160,7 +160,8 @@ def test_options_are_typed_and_bad_values_name_the_key() -> None:
     for typo in ("hydra.launcher.workerz=2", "hydra.launcher.cpus_per_run=many"):
         with pytest.raises(ConfigCompositionException):
             _launcher_node(typo)
-    for key, value in (("workers", 0), ("workers", "'all'"), ("cpus_per_run", 0), ("loader_workers", -1)):
+    for key, value in (("workers", 0), ("workers", "'all'"), ("cpus_per_run", 0), ("loader_workers", -1),
+                       ("mps", "maybe")):
         node = _launcher_node(f"hydra.launcher.{key}={value}").hydra.launcher
         with pytest.raises(InstantiationException, match=f"hydra.launcher.{key}: expected"):
             instantiate(node)
