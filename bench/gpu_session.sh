@@ -3,7 +3,8 @@
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
 #   bash bench/gpu_session.sh part1b|pool|compile1|compile3   (narrower calls; each part says what it runs)
-#   bash bench/gpu_session.sh recipes    (the CPU-default recipe candidates of bench/recipes.txt, fp32)
+#   bash bench/gpu_session.sh screen     (the MPS probe, then the CPU-default recipe candidates of bench/recipes.txt)
+#   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
 # Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
 # the wheels, then runs the benchmarks in order of importance, each with a time limit cut to what is
 # left of the budget, and puts every JSON plus one tarball of logs into $OUT (<= 8 files):
@@ -43,15 +44,20 @@ head -3 "$LOGS/machine.log" | tail -1; tail -2 "$LOGS/machine.log"
 GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
 WORKERS=$(( $(nproc) / (GPUS > 0 ? GPUS : 1) - 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 2 )) && WORKERS=2
 
-if [[ ${1:-bench} == recipes ]]; then  # item 5: which CPU-default recipe reaches mAP50 >= 0.55 (fp32 as on the CPU)
-  i=0
-  while read -r line; do
-    [[ -z $line ]] && continue
-    i=$((i + 1))
-    run 150 "recipe_$i" python3 run.py trainer.device=cuda trainer.precision=fp32 data.num_workers=8 $line \
-      hydra.run.dir="/tmp/runs/recipe_$i"
-    cp "/tmp/runs/recipe_$i/results.json" "$OUT/recipe_$i.json" 2>/dev/null
-  done < "${RECIPE_FILE:-bench/recipes.txt}"
+if [[ ${1:-bench} == screen ]]; then  # item 5's CPU-default recipe candidates (fp32, 3 seeds) after the MPS probe
+  run 150 mps_probe bash bench/mps_probe.sh
+  run 400 recipe_screen python3 bench/recipe_screen.py --parallel 12 --out /tmp/screen
+  cp /tmp/screen/recipe_screen.json "$OUT/" 2>/dev/null
+  tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+  exit 0
+fi
+
+if [[ ${1:-bench} == pool_mps ]]; then  # the 12-run study with the pool's MPS daemon, then the recipe screen
+  run 330 study_pool python3 bench/study_pool.py --workers 12 --out /tmp/study_pool
+  cp /tmp/study_pool/study_pool.json "$OUT/" 2>/dev/null
+  grep -h "MPS\|gpu_pool:" /tmp/study_pool/*.log 2>/dev/null | head -5
+  run 240 recipe_screen python3 bench/recipe_screen.py --parallel 12 --out /tmp/screen
+  cp /tmp/screen/recipe_screen.json "$OUT/" 2>/dev/null
   tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
   exit 0
 fi

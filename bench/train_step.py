@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=12, help="untimed steps first (compile, capture)")
     parser.add_argument("--modes", nargs="+", default=None, help="step modes (default: all the device can run)")
     parser.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models, batch 2, 64 px")
+    parser.add_argument("--no-peer", action="store_true", help="ours only, even where ultralytics is importable")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "train_step.json")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows[-1]["mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             torch.cuda.reset_peak_memory_stats(device)
     peer = None
-    if importlib.util.find_spec("ultralytics") is not None:
+    if not args.no_peer and importlib.util.find_spec("ultralytics") is not None:
         peer = ultralytics_row(args.peer, batches, args, device)
         rows.append(peer)
     report(rows, peer, args, device)
@@ -214,7 +215,7 @@ def report(rows: list[dict], peer: dict | None, args: argparse.Namespace, device
         best = max(ok, key=lambda r: r["img_per_s"])
         print(f"target: ours >= {TARGET_VS_YOLOV8S}x {args.peer}: best mode {best['mode']} at "
               f"{best['img_per_s'] / peer['img_per_s']:.2f}x")
-    elif not peer:
+    elif not peer and not args.no_peer:
         print("ultralytics is not importable: no peer row")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "batch": args.batch,

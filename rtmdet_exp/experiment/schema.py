@@ -24,7 +24,7 @@ from omegaconf import MISSING
 from rtmdet_exp.models.variants import VARIANTS, model_config
 
 Device = Enum("Device", {"auto": "auto", "cpu": "cpu", "cuda": "cuda"})
-Precision = Enum("Precision", {"auto": "auto", "bf16": "bf16", "fp32": "fp32"})
+Precision = Enum("Precision", {"auto": "auto", "fast": "fast", "bf16": "bf16", "fp32": "fp32"})
 OnError = Enum("OnError", {"raise": "raise", "skip": "skip"})
 StepMode = Enum("StepMode", {"auto": "auto", "eager": "eager", "compile": "compile", "cuda_graph": "cuda_graph"})
 ScheduleKind = Enum("ScheduleKind", {"flat_cosine": "flat_cosine", "cosine": "cosine", "constant": "constant"})
@@ -41,7 +41,9 @@ class EMAConfig:
 class TrainerConfig:
     max_epochs: int = 300  # training length in epochs
     device: Device = Device.auto  # auto (the GPU when there is one) | cpu | cuda
-    precision: Precision = Precision.auto  # auto (bf16 on a GPU, fp32 on the CPU) | bf16 | fp32
+    # auto (bf16 on a GPU, fp32 on the CPU) | fast (bf16 also on a CPU with native bf16: AMX or
+    # AVX512-BF16) | bf16 | fp32
+    precision: Precision = Precision.auto
     channels_last: Optional[bool] = None  # null = auto (on for a GPU) | true | false
     compile: Optional[bool] = None  # torch.compile the network: null = auto (one GPU, runs of >= 10,000 steps)
     step_mode: StepMode = StepMode.auto  # auto (cuda_graph on one GPU, else eager) | eager | compile | cuda_graph

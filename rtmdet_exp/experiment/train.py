@@ -64,6 +64,8 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     data = build.build_data(cfg, augment, rank=0 if world == 1 else torch.distributed.get_rank(), world_size=world)
     data.setup()
     bf16, channels_last = build.precision_flags(cfg, device)
+    log.info("precision: %s (trainer.precision=%s) on %s%s", "bf16 autocast" if bf16 else "fp32",
+             build.plain(cfg.trainer)["precision"], device.type, ", channels_last" if channels_last else "")
     detector.to(device)
     if channels_last:
         detector.to(memory_format=torch.channels_last)
