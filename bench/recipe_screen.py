@@ -73,6 +73,11 @@ def summarise(rows: list[dict], candidates: list[str]) -> list[dict]:
     return table
 
 
+def fmt(value: float | None) -> str:
+    """A table cell: three decimals, or a dash."""
+    return f"{value:6.3f}" if value is not None else "     -"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidates", type=Path, default=REPO / "bench" / "recipes.txt")
@@ -102,7 +107,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'mean':>6} {'min':>6} {'std':>6} {'train':>6}  per seed               candidate")
     for t in table:
         per_seed = " ".join(f"{v:.3f}" for v in t["mAP50"])
-        fmt = lambda v: f"{v:6.3f}" if v is not None else "     -"  # noqa: E731
         print(f"{fmt(t['mean'])} {fmt(t['min'])} {fmt(t['std'])} {fmt(t['train_s'])}  {per_seed:<22} "
               f"{t['candidate']}{'  (' + str(t['failed']) + ' failed)' if t['failed'] else ''}")
     for r in rows:

@@ -166,7 +166,8 @@ def test_wrong_keys_and_options_fail_at_compose_naming_them(overrides: list[str]
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        (["augment=rtmdet"], ["augment.stage2_epochs=20", "trainer.max_epochs=14", "mosaic", "mixup"]),
+        (["augment=rtmdet", "trainer.max_epochs=14"],
+         ["augment.stage2_epochs=20", "trainer.max_epochs=14", "mosaic", "mixup"]),
         (["trainer.max_epochs=0"], ["trainer.max_epochs"]),
         (["data.img_size=100"], ["data.img_size", "32"]),
         (["trainer.val_subset=0"], ["trainer.val_subset"]),
@@ -313,6 +314,29 @@ def test_compile_auto_compiles_long_gpu_runs_only() -> None:
     assert build.compile_network(auto, cuda, 10**6, world_size=2) is False
     assert build.compile_network(compose(["trainer.compile=true"]), cpu, 1) is True
     assert build.compile_network(compose(["trainer.compile=false"]), cuda, 10**6) is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_fast_is_bf16_where_the_hardware_has_it(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fast: bf16 on a GPU and on a CPU with AMX/AVX512-BF16 only (elsewhere the CPU emulates it, slowly);
+    auto stays fp32 on every CPU; bf16/fp32 win everywhere."""
+    monkeypatch.setattr(build, "cpu_has_native_bf16", lambda: native)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    fast, auto = compose(["trainer.precision=fast"]), compose(["experiment=paper"])
+    assert build.precision_flags(fast, cpu)[0] is native
+    assert build.precision_flags(fast, cuda)[0] is True
+    assert build.precision_flags(auto, cpu)[0] is False and build.precision_flags(auto, cuda)[0] is True
+    assert build.precision_flags(compose(["trainer.precision=bf16"]), cpu)[0] is True
+    assert build.precision_flags(compose(["trainer.precision=fp32"]), cuda)[0] is False
+
+
+def test_native_bf16_probe_reads_the_cpu_flags() -> None:
+    """The probe agrees with the CPU's own feature flags (Linux: /proc/cpuinfo's amx_tile, avx512_bf16)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare with (not Linux)")
+    flags = set(cpuinfo.read_text().split())
+    assert build.cpu_has_native_bf16() is bool(flags & {"amx_tile", "avx512_bf16"})
 
 
 def test_variant_table_is_what_model_options_compose() -> None:

@@ -43,8 +43,12 @@ def lines(path: Path) -> list[str]:
 
 
 def test_the_daemon_is_wanted_only_for_shared_gpus_without_one_already() -> None:
-    found = lambda name: "/usr/bin/" + name  # noqa: E731
-    missing = lambda name: None  # noqa: E731
+    def found(name: str) -> str:
+        return "/usr/bin/" + name
+
+    def missing(name: str) -> None:
+        return None
+
     assert mps.wanted("auto", True, {}, found)[0] is True
     assert mps.wanted(True, True, {}, found)[0] is True
     assert mps.wanted("auto", False, {}, found) == (False, "no GPU runs more than one run at once")
@@ -104,4 +108,4 @@ def test_auto_goes_on_without_mps_where_no_cuda_client_runs(fake_control: Path, 
     assert "runs share their GPU without MPS (taking turns): a CUDA client failed under it: no CUDA here" in caplog.text
     assert [line.split()[0] for line in lines(fake_control)] == ["start", "quit"]
     with pytest.raises(RuntimeError, match="hydra.launcher.mps=true: the MPS daemon does not work"):
-        GpuPoolLauncher(workers=2, gpus=["0"], mps=True).workers
+        _ = GpuPoolLauncher(workers=2, gpus=["0"], mps=True).workers
