@@ -218,6 +218,9 @@ def test_recipe_card_states_the_resolved_recipe() -> None:
     assert eight["ema"] == "momentum 0.0002, gamma 2000" and eight["exp_on_reg"] is False
     assert eight["experiment"] == "paper" and eight["model"] == "rtmdet_s"
     assert "cspnext-s_imagenet_600e.pth" in eight["init"]
+    assert eight["precision"] == "auto" and eight["grad_clip"] == "off"  # the paper clips nothing
+    given = recipe_card(compose(["trainer.precision=fast", "trainer.grad_clip=2.5"]))
+    assert given["precision"] == "fast" and given["grad_clip"] == 2.5
 
 
 def test_dry_run_checks_and_prints_without_touching_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
