@@ -245,8 +245,7 @@ class GpuPoolLauncher(Launcher):
         with console.open("ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE, str(job_file), str(result_file)],
                                     env={**resources.slot_environment(slot, os.environ), **self._mps_env},
-                                    stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=os.getcwd(), start_new_session=True)
+                                    stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), start_new_session=True)
         with self._lock:
             self._running[job.num] = proc
         code = proc.wait()
