@@ -2,12 +2,15 @@
 
     python -m rtmdet_exp.evaluate checkpoint=outputs/.../checkpoints/best.pt \
         [data=coco data.root=/data/coco | data.val_json=... data.val_images=...] \
-        [out=...] [weights=ema|model] [device=auto] [batch_size=8] [fuse=false] [score_thr=0.3] [iou_thr=0.5]
+        [out=...] [weights=ema|model] [device=auto] [precision=run] [batch_size=8] [fuse=false] \
+        [score_thr=0.3] [iou_thr=0.5]
 
 The detector is rebuilt from the config stored in the checkpoint. Without data overrides it is
 scored on the val split it was trained with; ``data=...`` / ``data.<key>=...`` describe another
 dataset (composed on the project's config, at the checkpoint's image size unless ``data.img_size``
-is given), whose category count must equal the model's class count. Writes into ``out`` (default
+is given), whose category count must equal the model's class count. By default it computes in the
+precision the run validated in (its ``trainer.precision`` on this device: bf16 autocast on a GPU, and
+with ``fast`` on a CPU with AMX), so a checkpoint scores what its run logged. Writes into ``out`` (default
 ``<run folder>/eval/<checkpoint name>/``):
 
 * ``metrics.json`` — the 12 COCO numbers, per-class AP (AP, AP50, AP75, small/medium/large) and
@@ -43,7 +46,7 @@ from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.transforms import LetterboxResize
 from rtmdet_exp.deploy import breakdown
 from rtmdet_exp.engine.evaluator import CocoEvaluator
-from rtmdet_exp.experiment.build import load_detector
+from rtmdet_exp.experiment.build import load_detector, precision_flags
 from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.models.fuse import fuse_conv_bn
 
@@ -54,6 +57,7 @@ OPTIONS = {
     "out": Option(None, "output folder (default <run folder>/eval/<checkpoint name>)"),
     "weights": Option("ema", "ema | model: which weights of the checkpoint"),
     "device": Option("auto", "auto | cpu | cuda | cuda:N"),
+    "precision": Option("run", "run (the training run's trainer.precision on this device) | fp32 | bf16"),
     "batch_size": Option(8, "images per forward pass", int),
     "workers": Option(2, "image-decoding worker processes (0: in this process)", int),
     "fuse": Option(False, "fold BatchNorm into the convs first (same metrics within float rounding)", as_bool),
@@ -147,14 +151,35 @@ def dataset_categories(categories: list[dict[str, Any]], where: str, num_classes
 
 
 @torch.no_grad()
+def check_precision(choice: str) -> None:
+    """The ``precision`` option of evaluate and predict: run, fp32 or bf16."""
+    if choice not in ("run", "fp32", "bf16"):
+        raise UsageError(f"precision must be run, fp32 or bf16, got {choice!r}")
+
+
+def inference_precision(config: DictConfig, device: torch.device, choice: str) -> tuple[bool, bool]:
+    """``(bf16, channels_last)`` for inference: the run's own (``choice`` run), or fp32 / bf16 as asked."""
+    bf16, channels_last = precision_flags(config, device)
+    return (bf16 if choice == "run" else choice == "bf16"), channels_last
+
+
+def predict_batch(detector: Any, images: torch.Tensor, meta: dict[str, torch.Tensor], bf16: bool,
+                  channels_last: bool) -> list[dict[str, torch.Tensor]]:
+    """``detector.predict`` as the training run's validation calls it: bf16 autocast and batch layout as given."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return detector.predict(images.contiguous(memory_format=layout), meta)
+
+
 def predict_split(detector: Any, dataset: CocoDetection, cat_ids: list[int], names: list[str],
-                  device: torch.device, batch_size: int, workers: int = 0) -> CocoEvaluator:
+                  device: torch.device, batch_size: int, workers: int = 0, bf16: bool = False,
+                  channels_last: bool = False) -> CocoEvaluator:
     """Detections for every image of ``dataset``, collected with their true image ids."""
     evaluator = CocoEvaluator(dataset.coco, cat_ids, names)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     for batch in loader:
         meta = {k: v.to(device) for k, v in batch["meta"].items()}
-        preds = detector.predict(batch["images"].to(device), meta)
+        preds = predict_batch(detector, batch["images"].to(device), meta, bf16, channels_last)
         preds = [{k: v.float().cpu() for k, v in p.items()} for p in preds]
         evaluator.update(preds, batch["meta"]["image_id"].tolist())
     return evaluator
@@ -180,6 +205,7 @@ def print_tables(metrics: dict[str, float], per_class: dict[str, dict[str, float
 def check_args(args: dict[str, Any]) -> None:
     if args["weights"] not in ("ema", "model"):
         raise UsageError(f"weights must be ema or model, got {args['weights']!r}")
+    check_precision(args["precision"])
     if args["batch_size"] < 1 or args["workers"] < 0:
         raise UsageError(f"batch_size must be >= 1 and workers >= 0, got {args['batch_size']} and {args['workers']}")
     for key in ("score_thr", "iou_thr"):
@@ -206,8 +232,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         extra.get("class_names"))
     if args["fuse"]:
         detector.network = fuse_conv_bn(detector.network)
+    bf16, channels_last = inference_precision(extra["config"], device, args["precision"])
     detector.to(device)
-    evaluator = predict_split(detector, dataset, cat_ids, names, device, args["batch_size"], args["workers"])
+    if channels_last:
+        detector.to(memory_format=torch.channels_last)
+    evaluator = predict_split(detector, dataset, cat_ids, names, device, args["batch_size"], args["workers"],
+                              bf16, channels_last)
     detections, image_ids = evaluator.results(), evaluator.image_ids
     ev, metrics, summary = breakdown.coco_eval(dataset.coco, detections, image_ids, cat_ids)
     per_class = breakdown.per_class_ap(ev, names, cat_ids)
@@ -218,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "checkpoint": str(checkpoint.resolve()), "weights": args["weights"], "fused": args["fuse"],
         "val_json": str(Path(split.val_json).resolve()), "val_images": str(Path(split.val_images).resolve()),
         "img_size": split.img_size, "test_cfg": vars(detector.test_cfg), "device": str(device),
+        "precision": "bf16" if bf16 else "fp32",
         "num_images": len(image_ids), "num_detections": len(detections), "metrics": metrics,
         "per_size": {"small": metrics["mAP_s"], "medium": metrics["mAP_m"], "large": metrics["mAP_l"]},
         "per_class": per_class,

@@ -1,13 +1,15 @@
 """Run a trained detector on a folder of images.
 
     python -m rtmdet_exp.predict checkpoint=outputs/.../checkpoints/best.pt images=path/to/folder \
-        [ann=instances_val.json] [out=predictions] [score_thr=0.3] [batch_size=8] [device=auto] [weights=ema|model]
+        [ann=instances_val.json] [out=predictions] [score_thr=0.3] [batch_size=8] [device=auto] [weights=ema|model] \
+        [precision=run]
 
 Writes one image per input with the detections above ``score_thr`` drawn (``out/vis/``),
 ``out/predictions.json`` (every detection of the test-time decoding, in COCO results format:
 image_id, category_id, bbox as xywh, score), ``out/images.json``
 (image_id -> file name) and ``out/predictions_info.json`` (where the ids come from). The model is
-rebuilt from the config stored in the checkpoint.
+rebuilt from the config stored in the checkpoint and computes in the precision its run validated in
+(``precision=fp32`` or ``bf16`` to choose), as ``python -m rtmdet_exp.evaluate`` does.
 
 With ``ann=`` (the COCO json these images belong to), every image gets its id from that json
 (matched by file name) and labels map to its categories, so pycocotools can score the results.
@@ -23,10 +25,17 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from rtmdet_exp.atomic import write_json_atomic
 from rtmdet_exp.cli.args import Option, UsageError, parse
-from rtmdet_exp.cli.evaluate import dataset_categories, resolve_device
+from rtmdet_exp.cli.evaluate import (
+    check_precision,
+    dataset_categories,
+    inference_precision,
+    predict_batch,
+    resolve_device,
+)
 from rtmdet_exp.data.annotations import AnnotationFileError, read_coco_json
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.transforms import LetterboxResize
@@ -44,6 +53,7 @@ OPTIONS = {
     "batch_size": Option(8, "images per forward pass", int),
     "device": Option("auto", "auto | cpu | cuda"),
     "weights": Option("ema", "ema | model: which weights of the checkpoint"),
+    "precision": Option("run", "run (the training run's trainer.precision on this device) | fp32 | bf16"),
 }
 
 
@@ -111,10 +121,14 @@ def main(argv: list[str] | None = None) -> None:
     args, _ = parse(sys.argv[1:] if argv is None else argv, "rtmdet_exp.predict", __doc__.splitlines()[0], OPTIONS)
     if args["weights"] not in ("ema", "model"):
         raise UsageError(f"weights must be ema or model, got {args['weights']!r}")
+    check_precision(args["precision"])
     files = find_images(Path(args["images"]))
     detector, extra = load_detector(args["checkpoint"], args["weights"])
     device = resolve_device(args["device"])
+    bf16, channels_last = inference_precision(extra["config"], device, args["precision"])
     detector.to(device)
+    if channels_last:
+        detector.to(memory_format=torch.channels_last)
     names = list(extra.get("class_names") or [str(i) for i in range(detector.num_classes)])
     cat_ids = list(extra.get("label_to_cat_id") or range(1, detector.num_classes + 1))
     image_ids = list(range(len(files)))
@@ -134,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         batch = collate(samples)
         meta = {k: v.to(device) for k, v in batch["meta"].items()}
-        preds = detector.predict(batch["images"].to(device), meta)
+        preds = predict_batch(detector, batch["images"].to(device), meta, bf16, channels_last)
         for (image_id, path, img), pred in zip(originals, preds):
             boxes = pred["boxes"].float().cpu().numpy()
             scores = pred["scores"].float().cpu().numpy()

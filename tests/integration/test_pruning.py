@@ -29,6 +29,7 @@ WEIGHT_DECAY = 0.05
 def study_args(sweep_dir: Path, *extra: str) -> list[str]:
     return ["-m", "+study=hparams_lr_wd", "debug=overfit", "data.img_size=64", "model.backbone.widen_factor=0.125",
             "trainer.device=cpu", "trainer.deterministic=true", f"trainer.max_epochs={EPOCHS}",
+            "trainer.precision=fp32", "trainer.grad_clip=null",  # the arithmetic the learning rates were chosen in
             f"trainer.val_interval={VAL_EVERY}", "trainer.checkpoint_interval=1000", "trainer.log_interval=10",
             "optim.lr=tag(log,interval(1e-6,3e-2))", f"hydra.sweeper.n_trials={len(LRS)}",
             "hydra.sweeper.pruner.n_startup_trials=2", f"hydra.sweeper.pruner.n_warmup_steps={WARMUP}",
