@@ -150,7 +150,6 @@ def dataset_categories(categories: list[dict[str, Any]], where: str, num_classes
     return cat_ids, names
 
 
-@torch.no_grad()
 def check_precision(choice: str) -> None:
     """The ``precision`` option of evaluate and predict: run, fp32 or bf16."""
     if choice not in ("run", "fp32", "bf16"):
@@ -171,6 +170,7 @@ def predict_batch(detector: Any, images: torch.Tensor, meta: dict[str, torch.Ten
         return detector.predict(images.contiguous(memory_format=layout), meta)
 
 
+@torch.no_grad()
 def predict_split(detector: Any, dataset: CocoDetection, cat_ids: list[int], names: list[str],
                   device: torch.device, batch_size: int, workers: int = 0, bf16: bool = False,
                   channels_last: bool = False) -> CocoEvaluator:

@@ -319,9 +319,9 @@ def resize_then_crop(resize_t: RandomResize, crop: RandomCrop, sample: Sample) -
     The same random draws, boxes and labels as the two steps. The window comes from one
     ``cv2.warpAffine`` of the source with ``cv2.resize``'s pixel map (source = (dest + 0.5) / scale
     - 0.5) instead of resizing the whole image first: RTMDet's stage 1 scales a 2x Mosaic canvas by
-    U(0.5, 2) (on average ~7x the pixels of the window it keeps). Pixels agree with the two steps
-    within bilinear fixed-point rounding (warpAffine places samples to 1/32 px; a few grey levels at
-    sharp edges, none where the scale is 1).
+    U(0.5, 2) for tiny, U(0.1, 2) for the others (at U(0.5, 2) on average ~7x the pixels of the window
+    it keeps). Pixels agree with the two steps within bilinear fixed-point rounding (warpAffine places
+    samples to 1/32 px: at most 1 grey level in the tests; none where the scale is 1).
     """
     img = sample["img"]
     h, w = img.shape[:2]
