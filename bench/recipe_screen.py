@@ -44,8 +44,7 @@ def run_one(index: int, candidate: str, seed: int, base: list[str], out: Path) -
     run_dir = out / "runs" / f"c{index}_s{seed}"
     given = {item.split("=", 1)[0] for item in candidate.split()}
     cmd = [sys.executable, "run.py", *(b for b in base if b.split("=", 1)[0] not in given), f"seed={seed}",
-           *candidate.split(), f"hydra.run.dir={run_dir}",
-           "logger=none"]
+           *candidate.split(), f"hydra.run.dir={run_dir}", "logger=none"]
     env = {**os.environ, "NVIDIA_TF32_OVERRIDE": "0"}
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, check=False)

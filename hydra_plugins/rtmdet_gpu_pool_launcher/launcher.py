@@ -72,12 +72,6 @@ def _count(name: str, value: Any, allow_none: bool = False) -> Any:
     return value
 
 
-def _mps_setting(value: Any) -> Any:
-    """``hydra.launcher.mps`` checked: auto, true or false (ValueError naming the key otherwise)."""
-    mps_service.wanted(value, False, {})
-    return value
-
-
 class GpuPoolLauncher(Launcher):
     """``hydra/launcher=gpu_pool`` (options: ``config.GpuPoolLauncherConf``)."""
 
@@ -92,7 +86,8 @@ class GpuPoolLauncher(Launcher):
         self._gpus = None if gpus is None else [str(g) for g in gpus]
         self._gpu_mem = float(gpu_mem_per_run_gb)
         self._loader_key, self._console_log = loader_workers_key, console_log
-        self._mps_setting = _mps_setting(mps)
+        mps_service.check_setting(mps)
+        self._mps_setting = mps
         self._mps_env: dict[str, str] = {}  # added to every job's environment while our daemon runs
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None

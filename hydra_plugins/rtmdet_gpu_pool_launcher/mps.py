@@ -34,11 +34,16 @@ AUTO = "auto"
 CLIENT_CHECK = "import torch; torch.zeros(1, device='cuda').add_(1); torch.cuda.synchronize()"
 
 
+def check_setting(setting: object) -> None:
+    """``hydra.launcher.mps`` is auto, true or false (ValueError naming the key otherwise)."""
+    if not (setting == AUTO or isinstance(setting, bool)):
+        raise ValueError(f"hydra.launcher.mps: expected auto, true or false, got {setting!r}")
+
+
 def wanted(setting: object, gpu_shared: bool, environ: Mapping[str, str],
            which: Callable[[str], str | None] = shutil.which) -> tuple[bool, str]:
     """Whether the pool starts its own daemon, and why (for the log). ValueError on a bad setting."""
-    if setting not in (AUTO, True, False):
-        raise ValueError(f"hydra.launcher.mps: expected auto, true or false, got {setting!r}")
+    check_setting(setting)
     if setting is False:
         return False, "mps=false"
     if PIPE_ENV in environ:

@@ -58,8 +58,9 @@ def test_the_daemon_is_wanted_only_for_shared_gpus_without_one_already() -> None
     assert mps.wanted("auto", True, {}, missing) == (False, f"{mps.CONTROL} is not on PATH")
     with pytest.raises(RuntimeError, match="hydra.launcher.mps=true, but nvidia-cuda-mps-control is not on PATH"):
         mps.wanted(True, True, {}, missing)
-    with pytest.raises(ValueError, match="hydra.launcher.mps: expected auto, true or false, got 'yes'"):
-        mps.wanted("yes", True, {}, found)
+    for bad in ("yes", 1):  # 1 == True in Python: still not a setting
+        with pytest.raises(ValueError, match=f"hydra.launcher.mps: expected auto, true or false, got {bad!r}"):
+            mps.wanted(bad, True, {}, found)
 
 
 def test_daemon_starts_with_its_own_folders_and_quits(fake_control: Path, tmp_path: Path) -> None:
