@@ -81,6 +81,8 @@ class TrainStep:
             recorder that runs on the CPU, see :class:`~rtmdet_exp.engine.step_graph.GraphedStep`).
         device_lr: keep the learning rate as a device tensor (:func:`use_device_lr`); default: only
             in the cuda_graph mode, which needs it (the other modes keep the float lr of the recipe).
+        cudnn_benchmark: cuDNN autotuning of the conv algorithms on a GPU (each conv shape is timed
+            once, at its first use); default: on unless deterministic algorithms are asked for.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class TrainStep:
         compile_backend: str | Callable[..., Any] = "inductor",
         graph_capture: Callable[..., Any] | None = None,
         device_lr: bool | None = None,
+        cudnn_benchmark: bool | None = None,
     ) -> None:
         if mode not in STEP_MODES:
             raise ValueError(f"trainer.step_mode must be one of {', '.join(STEP_MODES)}; got {mode!r}")
@@ -114,15 +117,17 @@ class TrainStep:
         self.device_lr = mode == "cuda_graph" if device_lr is None else device_lr
         self._eager_first = mode == "compile"  # compile mode: the first step fills the lazy caches uncompiled
         self._graphs: Any = None
-        if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
-            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv algorithms once
+        if cudnn_benchmark is None:  # fixed input size: pick the fastest conv algorithms once
+            cudnn_benchmark = device.type == "cuda" and not torch.are_deterministic_algorithms_enabled()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_benchmark
         if mode == "cuda_graph":
             self._graphs = self._graph_runner(graph_capture)
         elif mode == "compile":
             model.compile(dynamic=False, backend=compile_backend)  # in place: state-dict names unchanged
 
     def _graph_runner(self, capture: Callable[..., Any] | None) -> Any:
-        from rtmdet_exp.engine.step_graph import GraphedStep
+        from rtmdet_exp.engine.step_graph import GraphedStep, RankMax
 
         if capture is None and (self.device.type != "cuda" or not torch.cuda.is_available()):
             raise ValueError(f"trainer.step_mode=cuda_graph needs a CUDA GPU (the run's device is {self.device}); "
@@ -132,10 +137,17 @@ class TrainStep:
                              f"here is not fused")
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         return GraphedStep(self._device_step, self.device, self.channels_last, self.params,
-                           warmup_steps=11 if distributed else 3, capture=capture)
+                           warmup_steps=11 if distributed else 3, capture=capture,
+                           agree=RankMax() if distributed else None)
 
     def train(self) -> None:
         self.step_model.train()
+
+    def close(self) -> None:
+        """Free what the step holds on the device beyond the model: its CUDA graphs (cuda_graph mode)."""
+        if self._graphs is not None:
+            self._graphs.close()
+            self._graphs = None
 
     def to_device(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Images and padded targets of a batch on the device (non-blocking from pinned memory)."""

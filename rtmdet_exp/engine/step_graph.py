@@ -17,7 +17,12 @@ clipping, fused optimiser, EMA). What makes that possible here:
   which needs that many eager iterations before its collectives can be recorded).
 
 Under DDP the gradient all-reduce (DDP's backward hooks), the loss normaliser's ``reduce_mean`` and
-the ``found_inf`` all-reduce are recorded *inside* the graph (NCCL collectives are capturable).
+the ``found_inf`` all-reduce are recorded *inside* the graph (NCCL collectives are capturable). NCCL
+asks that capturing and replaying a collective be collective too: every rank must capture, and then
+replay, the same graph at the same step. Each rank's batch has its own GT count, so the ranks agree
+on the bucket first (:class:`RankMax`: the largest count over ranks, one tiny all-reduce on the
+host through a gloo group, no device sync), and DDP is built on the capture stream
+(:func:`graph_stream`), so that its gradient-accumulation nodes live on the stream that is recorded.
 
 All graphs share one memory pool, which is safe because they are replayed one at a time on one
 stream, each step's outputs are copied out (:meth:`GraphedStep.__call__` returns a clone) before the
@@ -29,15 +34,40 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from rtmdet_exp.engine.step import gt_bucket
 
 StepFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (images, boxes, labels, mask) -> values [K]
 Capture = Callable[[StepFn, tuple[Tensor, ...]], tuple[Callable[[], None], Tensor]]
+
+
+@cache
+def graph_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream that graphs of ``device`` are warmed up and captured on (one per device)."""
+    return torch.cuda.Stream(device)
+
+
+class RankMax:
+    """The largest of an integer over the ranks of the default process group, computed on the host.
+
+    Built by every rank at the same point (it creates a gloo group, a collective call); each call is
+    one all-reduce of one integer between the processes, which waits for the other ranks' loaders but
+    never for a GPU.
+    """
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo")
+
+    def __call__(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return int(t[0])
 
 
 @dataclass
@@ -83,22 +113,29 @@ class GraphedStep:
         warmup_steps: eager steps before the first capture.
         capture: how a graph is recorded, ``(fn, inputs) -> (replay, output)``; default CUDA graphs
             (tests substitute a recorder that runs on the CPU).
+        agree: under DDP, maps this rank's GT count to the one all ranks use (:class:`RankMax`), so
+            that they capture and replay the same bucket's graph at the same step.
     """
 
     def __init__(self, step_fn: StepFn, device: torch.device, channels_last: bool, params: Sequence[Tensor],
-                 warmup_steps: int = 3, capture: Capture | None = None) -> None:
+                 warmup_steps: int = 3, capture: Capture | None = None,
+                 agree: Callable[[int], int] | None = None) -> None:
         self.fn, self.device, self.channels_last, self.params = step_fn, device, channels_last, list(params)
         self.eager_left = int(warmup_steps)
         self.captures = 0  # graphs recorded so far
         self.replays = 0  # steps run by replaying a graph
+        self.buckets: list[int] = []  # the bucket of every step, in order
         self._slots: dict[int, _Slot] = {}
         self._capture = capture or self._cuda_capture
-        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._agree = agree
+        self._stream = graph_stream(device) if device.type == "cuda" else None
         self._pool: Any = None
 
     def __call__(self, batch: dict[str, Any]) -> Tensor:
         """One step on ``batch`` (host tensors from the loader); returns a copy of its packed values."""
-        bucket = gt_bucket(batch["boxes"].shape[1])
+        count = batch["boxes"].shape[1]
+        bucket = gt_bucket(self._agree(count) if self._agree is not None else count)
+        self.buckets.append(bucket)
         slot = self._slots.get(bucket) or self._new_slot(bucket, batch)
         slot.load(batch, self.device)
         if self.eager_left > 0 or not slot.warmed:
@@ -113,6 +150,14 @@ class GraphedStep:
         slot.replay()
         self.replays += 1
         return slot.output.clone()
+
+    def close(self) -> None:
+        """Free the graphs. Under DDP this must happen before the process group is destroyed: NCCL waits
+        for the graphs that captured its collectives, so destroying it first hangs (pytorch#115388)."""
+        if self._stream is not None:
+            torch.cuda.synchronize(self.device)
+        self._slots.clear()
+        self._pool = None
 
     def optimizer_grads_to_none(self) -> None:
         """Gradients are allocated inside the capture, from the graph's pool."""

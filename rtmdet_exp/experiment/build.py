@@ -183,13 +183,13 @@ def loop_settings(cfg: DictConfig, switch_epoch: int | None) -> LoopSettings:
     )
 
 
-def step_mode(cfg: DictConfig, device: torch.device, world_size: int = 1) -> str:
-    """``trainer.step_mode`` for this process: auto is a whole-step CUDA graph on one GPU, else eager
-    (under torchrun the graphed step hung in the first captured step on 2 H200s: see bench/NOTES.md)."""
+def step_mode(cfg: DictConfig, device: torch.device) -> str:
+    """``trainer.step_mode`` for this process: auto is a whole-step CUDA graph on a GPU (one or several
+    under torchrun, where the ranks agree on each step's graph), eager on the CPU."""
     mode = str(plain(cfg.trainer).get("step_mode", "auto"))
     if mode != "auto":
         return mode
-    return "cuda_graph" if device.type == "cuda" and world_size == 1 else "eager"
+    return "cuda_graph" if device.type == "cuda" else "eager"
 
 
 COMPILE_MIN_STEPS = 10_000  # trainer.compile=null compiles runs at least this long on a GPU
@@ -208,6 +208,20 @@ def compile_network(cfg: DictConfig, device: torch.device, total_steps: int, wor
     if choice is not None:
         return bool(choice)
     return device.type == "cuda" and world_size == 1 and total_steps >= COMPILE_MIN_STEPS
+
+
+def cudnn_benchmark(cfg: DictConfig, device: torch.device, total_steps: int) -> bool:
+    """Whether cuDNN autotunes the conv algorithms (``trainer.cudnn_benchmark``; null = auto).
+
+    Auto autotunes GPU runs of at least :data:`COMPILE_MIN_STEPS` steps (unless deterministic).
+    Shorter runs keep cuDNN's heuristic choice: on the study-sized short run (rtmdet_tiny, 320 px,
+    batch 8, 1,200 graphed steps on an H200) autotuning cost ~4 s before the first step and the
+    steps it chose were slower, 16.8-21.4 against 12.2 ms (bench/NOTES.md).
+    """
+    choice = plain(cfg.trainer).get("cudnn_benchmark")
+    if choice is not None:
+        return bool(choice)
+    return device.type == "cuda" and not cfg.trainer.deterministic and total_steps >= COMPILE_MIN_STEPS
 
 
 def precision_flags(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:

@@ -8,7 +8,6 @@ last epoch. Every error names the keys involved and what would be valid.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -87,9 +86,6 @@ def _check_device(cfg: DictConfig) -> None:
     if mode == "cuda_graph" and not on_gpu:
         raise ConfigError("trainer.step_mode=cuda_graph needs a CUDA GPU (this run is on the CPU); "
                           "use trainer.step_mode=eager or compile")
-    if mode == "cuda_graph" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise ConfigError("trainer.step_mode=cuda_graph under torchrun is not supported yet (the graphed step "
-                          "hung at its first capture on 2 GPUs); use trainer.step_mode=auto or eager")
 
 
 def _stage_lists(cfg: DictConfig) -> tuple[list[str], list[str] | None]:

@@ -7,13 +7,16 @@ Nothing here is our own distributed machinery: ``torchrun`` starts the processes
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from rtmdet_exp.engine.step_graph import graph_stream
 from rtmdet_exp.experiment.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,13 @@ def setup(device: torch.device) -> tuple[int, int]:
 
 
 def teardown() -> None:
-    """Leave the process group (every rank, also after an error)."""
+    """Leave the process group (every rank, also after an error).
+
+    Garbage is collected first: a CUDA graph that captured NCCL collectives and is only held in a
+    reference cycle would make the destroy wait for it forever (pytorch#115388).
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -58,20 +66,34 @@ def teardown() -> None:
 DDP_BUCKET_MB = 25
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, device: torch.device, graphed: bool = False, sync_bn: bool = True) -> nn.Module:
     """The module the training step calls: ``model`` itself, or DDP around it (SyncBN on CUDA).
 
     With SyncBN the running statistics are the same on every rank, so buffers are not broadcast at
-    each forward; on the CPU (gloo, plain BatchNorm) rank 0's buffers are broadcast so the ranks agree.
+    each forward; on the CPU (gloo, plain BatchNorm) and with ``sync_bn=False`` (each GPU's own batch
+    statistics, ``trainer.sync_bn``) rank 0's buffers are broadcast so the ranks agree.
+    ``graphed`` (``trainer.step_mode=cuda_graph``): DDP is built on the stream the step's graphs are
+    captured on, as CUDA graph capture of DDP's backward needs (its gradient hooks keep that stream).
     """
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return model
     cuda = device.type == "cuda"
-    if cuda:
+    synced = cuda and sync_bn
+    if synced:
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif cuda:
+        log.info("trainer.sync_bn=false: BatchNorm statistics stay per GPU (rank 0's running statistics are "
+                 "broadcast at each step)")
     else:
         log.info("CPU (gloo) processes: BatchNorm statistics stay per process (SyncBN needs CUDA)")
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if cuda else None, bucket_cap_mb=DDP_BUCKET_MB,
-        gradient_as_bucket_view=True, static_graph=True, broadcast_buffers=not cuda,
-    )
+    stream = graph_stream(device) if cuda and graphed else None
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream) if stream is not None else nullcontext():
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None, bucket_cap_mb=DDP_BUCKET_MB,
+            gradient_as_bucket_view=True, static_graph=True, broadcast_buffers=not synced,
+        )
+    if stream is not None:
+        torch.cuda.current_stream(device).wait_stream(stream)
+    return ddp

@@ -59,6 +59,8 @@ def recipe_card(cfg: DictConfig, world_size: int = 1, steps_per_epoch: int | Non
         "ema": f"momentum {t.ema.momentum}, gamma {t.ema.gamma}" if t.ema.enabled else "off",
         "precision": plain(t)["precision"],
         "grad_clip": t.grad_clip if t.grad_clip is not None else "off",
+        **({"batch_norm": "SyncBN over all GPUs" if t.get("sync_bn", True) else "per GPU (trainer.sync_bn=false)"}
+           if world_size > 1 else {}),
         "exp_on_reg": bool(model.get("head", {}).get("exp_on_reg")),
         "assigner": {"type": _short(cfg.assigner.get("_target_")),
                      **{k: v for k, v in plain(cfg.assigner).items() if k in _ASSIGNER_TERMS}},

@@ -67,6 +67,7 @@ NON_DEFINING_KEYS: tuple[str, ...] = (
     "trainer.checkpoint_interval_steps",
     "trainer.compile",
     "trainer.step_mode",
+    "trainer.cudnn_benchmark",
     "data.num_workers",
     "data.pin_memory",
     "data.val_batch_size",

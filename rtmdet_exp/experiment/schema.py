@@ -46,8 +46,12 @@ class TrainerConfig:
     precision: Precision = Precision.auto
     channels_last: Optional[bool] = None  # null = auto (on for a GPU) | true | false
     compile: Optional[bool] = None  # torch.compile the network: null = auto (one GPU, runs of >= 10,000 steps)
-    step_mode: StepMode = StepMode.auto  # auto (cuda_graph on one GPU, else eager) | eager | compile | cuda_graph
+    step_mode: StepMode = StepMode.auto  # auto (cuda_graph on GPUs, eager on the CPU) | eager | compile | cuda_graph
     grad_clip: Optional[float] = None  # max gradient norm; null = no clipping (the paper clips none)
+    # under torchrun on GPUs: SyncBatchNorm, statistics over all GPUs' images (the paper's recipe) | false:
+    # each GPU's own batch statistics (Ultralytics' default; ~2 fewer collectives per BN layer and step)
+    sync_bn: bool = True
+    cudnn_benchmark: Optional[bool] = None  # cuDNN conv autotuning: null = auto (GPU runs of >= 10,000 steps)
     val_interval: int = 10  # validate every N epochs (and always after the last one)
     stage2_val_interval: int = 1  # validate every N epochs once the weak-augmentation stage runs
     val_subset: Optional[int] = None  # intermediate validations score the first N val images only (the last: all)

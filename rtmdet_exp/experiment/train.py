@@ -69,17 +69,19 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     detector.to(device)
     if channels_last:
         detector.to(memory_format=torch.channels_last)
-    step_model = distributed.wrap(detector, device)
+    mode = build.step_mode(cfg, device)
+    step_model = distributed.wrap(detector, device, graphed=mode == "cuda_graph", sync_bn=cfg.trainer.sync_bn)
     optimizer = build.build_optimizer(cfg, detector, world)
     settings = build.loop_settings(cfg, augment.switch_epoch)
     ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma) if cfg.trainer.ema.enabled else None
+    total_steps = data.steps_per_epoch * int(cfg.trainer.max_epochs)
     try:  # the step updates the EMA; step_mode compile/cuda_graph compiles or captures it (before trainer.compile)
         step = TrainStep(detector, optimizer, build.build_schedule(cfg, optimizer, data.steps_per_epoch), device,
-                         bf16, channels_last, cfg.trainer.grad_clip, step_model, ema=ema,
-                         mode=build.step_mode(cfg, device, world))
+                         bf16, channels_last, cfg.trainer.grad_clip, step_model, ema=ema, mode=mode,
+                         cudnn_benchmark=build.cudnn_benchmark(cfg, device, total_steps))
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    if build.compile_network(cfg, device, data.steps_per_epoch * int(cfg.trainer.max_epochs), world):
+    if build.compile_network(cfg, device, total_steps, world):
         log.info("torch.compile of the network: its first steps build Inductor kernels (minutes on a cold cache)")
         detector.network.compile(dynamic=False)  # in place: parameter names (and so the EMA's) stay the same
     validator = Validator(data, device, bf16, channels_last, cfg.trainer.limit_val_batches, cfg.trainer.num_vis_images)
@@ -111,6 +113,7 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
         session.fail(err)
         raise
     finally:
+        step.close()  # the graphs go before the process group (NCCL waits for graphs holding its collectives)
         for logger in loggers:
             logger.finish(summary, failed=not summary)
 

@@ -10,6 +10,11 @@ BatchNorm is frozen (eval mode: running statistics, no batch statistics) because
 statistics are those of its 2 images, not of all 4; SyncBN would make them global but needs CUDA.
 The augmentation is ``none`` (deterministic letterbox), so images do not depend on the worker.
 The last test checks that ``torchrun ... run.py`` makes one run folder that only rank 0 writes.
+
+The graphed step under DDP: NCCL needs every rank to capture and replay the same graph at the same
+step, so the ranks must agree on the GT bucket although each batch has its own GT count. Two gloo
+processes with a recorder in place of CUDA capture check that agreement against maxima worked out
+by hand, and that a batch padded to another rank's larger bucket keeps its own values.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from conftest import REPO, TINY, cli_env
+
+from rtmdet_exp.engine.step_graph import GraphedStep, RankMax
 
 STEPS = 4  # TINY: 16 training images, one epoch of 4 steps at a total batch of 4
 
@@ -116,3 +126,48 @@ def test_torchrun_of_run_py_makes_one_run_folder_written_by_rank_0(tmp_path: Pat
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch_0001.pt", "epoch_0002.pt"]
     assert not any(name.startswith(".") for name in os.listdir(run / "checkpoints"))
+
+
+# GT counts (the padded width of each batch) per step: rank 0, rank 1, and the buckets they must share,
+# the next power of two >= 16 above the larger of the two counts
+GRAPH_COUNTS = [(3, 18), (20, 2), (5, 4), (40, 9), (5, 4), (1, 30)]
+SHARED_BUCKETS = [32, 32, 16, 64, 16, 32]
+
+
+def _graph_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """One rank: a GraphedStep whose step sums its padded inputs, with a recorder as the capture."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    captured: list[int] = []
+
+    def record(fn, inputs):  # replays by calling fn again on the (reloaded) static inputs
+        captured.append(int(inputs[1].shape[1]))
+        output = fn(*inputs)
+        return (lambda: output.copy_(fn(*inputs))), output
+
+    def step_fn(images, boxes, labels, mask):
+        return torch.stack([boxes.sum(), mask.sum().float(), (labels >= 0).sum().float()])
+
+    runner = GraphedStep(step_fn, torch.device("cpu"), False, [], warmup_steps=1, capture=record, agree=RankMax())
+    sums = []
+    for i, counts in enumerate(GRAPH_COUNTS):
+        m = counts[rank]
+        g = torch.Generator().manual_seed(100 * rank + i)
+        boxes = torch.rand(2, m, 4, generator=g) * 50
+        batch = {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "boxes": boxes,
+                 "labels": torch.zeros(2, m, dtype=torch.int64), "mask": torch.ones(2, m, dtype=torch.bool)}
+        sums.append({"got": runner(batch).tolist(), "want": [boxes.sum().item(), 2.0 * m, 2.0 * m]})
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"buckets": runner.buckets, "captured": captured,
+                                                              "sums": sums}))
+    dist.destroy_process_group()
+
+
+def test_graphed_ranks_agree_on_every_step_s_bucket_and_capture_together(tmp_path: Path) -> None:
+    mp.spawn(_graph_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r, got in enumerate(ranks):
+        assert got["buckets"] == SHARED_BUCKETS, f"rank {r}"
+        # 1 warm-up step (bucket 32), then 32 is captured at its second sight, 16 at its second, 64 never
+        assert got["captured"] == [32, 16], f"rank {r}"
+        for i, s in enumerate(got["sums"]):
+            assert s["got"] == pytest.approx(s["want"], rel=1e-6), f"rank {r} step {i}: padding changed the batch"

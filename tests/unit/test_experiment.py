@@ -319,6 +319,29 @@ def test_compile_auto_compiles_long_gpu_runs_only() -> None:
     assert build.compile_network(compose(["trainer.compile=false"]), cuda, 10**6) is False
 
 
+def test_cudnn_autotuning_is_for_long_gpu_runs_only() -> None:
+    """trainer.cudnn_benchmark=null: autotune GPU runs from 10,000 steps (the study-sized 1,200-step run
+    was faster without), never deterministic ones or the CPU; true/false win."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    auto = compose([])
+    assert auto.trainer.cudnn_benchmark is None
+    assert build.cudnn_benchmark(auto, cuda, 10_000) is True
+    assert build.cudnn_benchmark(auto, cuda, 1_200) is False
+    assert build.cudnn_benchmark(auto, cpu, 10**6) is False
+    assert build.cudnn_benchmark(compose(["trainer.deterministic=true"]), cuda, 10**6) is False
+    assert build.cudnn_benchmark(compose(["trainer.cudnn_benchmark=true"]), cuda, 1) is True
+    assert build.cudnn_benchmark(compose(["trainer.cudnn_benchmark=false"]), cuda, 10**6) is False
+
+
+def test_sync_bn_false_is_on_the_recipe_card_of_a_torchrun_run() -> None:
+    """trainer.sync_bn defines the experiment (it changes the BatchNorm statistics): the card of a
+    multi-GPU run says which, a one-process card does not mention it."""
+    assert recipe_card(compose([]), 2)["batch_norm"] == "SyncBN over all GPUs"
+    assert recipe_card(compose(["trainer.sync_bn=false"]), 2)["batch_norm"].startswith("per GPU")
+    assert "batch_norm" not in recipe_card(compose([]), 1)
+    assert "trainer.sync_bn" not in rundir.NON_DEFINING_KEYS and "trainer.cudnn_benchmark" in rundir.NON_DEFINING_KEYS
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_fast_is_bf16_where_the_hardware_has_it(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """fast: bf16 on a GPU and on a CPU with AMX/AVX512-BF16 only (elsewhere the CPU emulates it, slowly);

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -160,6 +162,11 @@ def test_graphed_step_matches_eager_with_one_capture_per_bucket() -> None:
     for p, q in zip(eager.ema.module.state_dict().values(), graphed.ema.module.state_dict().values()):
         assert torch.equal(q, p)
     assert eager.ema.steps == graphed.ema.steps == len(counts)
+    # close() lets the graphs go (under DDP they must go before the process group: pytorch#115388)
+    outputs = [weakref.ref(slot.output) for slot in runner._slots.values()]
+    graphed.close()
+    gc.collect()
+    assert graphed._graphs is None and all(ref() is None for ref in outputs)
 
 
 def test_graph_mode_and_bad_modes_are_refused_with_a_clear_message() -> None:
