@@ -5,6 +5,9 @@
 #   bash bench/gpu_session.sh part1b|pool|compile1|compile3   (narrower calls; each part says what it runs)
 #   bash bench/gpu_session.sh screen     (the MPS probe, then the CPU-default recipe candidates of bench/recipes.txt)
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
+#   bash bench/gpu_session.sh ddp2       (2 GPUs: graphed DDP beside one GPU, then a lean short run)
+#   bash bench/gpu_session.sh ddp4       (the e2e run under the autotuning rule; DDP without SyncBN at 14 and 10 workers)
+#   bash bench/gpu_session.sh ddp3       (2 GPUs: the same without SyncBN; lean short runs with and without autotuning)
 # Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
 # the wheels, then runs the benchmarks in order of importance, each with a time limit cut to what is
 # left of the budget, and puts every JSON plus one tarball of logs into $OUT (<= 8 files):
@@ -23,6 +26,9 @@ LOGS=/tmp/bench_logs
 mkdir -p "$OUT" "$LOGS"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
   > "$LOGS/pip.log" 2>&1 || { echo "wheel install failed"; tail -20 "$LOGS/pip.log"; exit 1; }
+# bytecode, as a normal pip install writes it (--no-compile above skips it; without it every run's start-up
+# compiles ~1,800 sources again, ~5 s on these hosts)
+python3 -m compileall -q -j 0 .site rtmdet_exp hydra_plugins > /dev/null 2>&1
 export PYTHONPATH=$PWD/.site:$PWD WANDB_MODE=disabled PYTHONUNBUFFERED=1 RTMDET_DATA=/tmp/rtmdet_data
 export YOLO_OFFLINE=1 YOLO_VERBOSE=False
 
@@ -58,6 +64,40 @@ if [[ ${1:-bench} == pool_mps ]]; then  # the 12-run study with the pool's MPS d
   grep -h "MPS\|gpu_pool:" /tmp/study_pool/*.log 2>/dev/null | head -5
   run 240 recipe_screen python3 bench/recipe_screen.py --parallel 12 --out /tmp/screen
   cp /tmp/screen/recipe_screen.json "$OUT/" 2>/dev/null
+  tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+  exit 0
+fi
+
+if [[ ${1:-bench} == ddp2 ]]; then  # the graphed step under torchrun on 2 GPUs beside one GPU, a short run's profile
+  W=$(( $(nproc) / 2 - 2 )); (( W > 14 )) && W=14
+  run 420 ddp python3 bench/throughput.py --case e2e ddp --gpus 2 --modes cuda_graph --workers "$W" \
+    --run-timeout 200 --out "$OUT/ddp.json"
+  run 100 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
+  cp -r bench/.cache/throughput/*.log "$LOGS/" 2>/dev/null
+  tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+  exit 0
+fi
+
+if [[ ${1:-bench} == ddp3 ]]; then  # graphed DDP on 2 GPUs with per-GPU BatchNorm; short runs with/without autotuning
+  W=$(( $(nproc) / 2 - 2 )); (( W > 14 )) && W=14
+  run 300 ddp python3 bench/throughput.py --case e2e ddp --gpus 2 --modes cuda_graph --workers "$W" \
+    --override trainer.sync_bn=false --run-timeout 200 --work /tmp/tp_nosync --out "$OUT/ddp_nosync.json"
+  for variant in autotune no_autotune autotune_again; do  # the first one also generates the 320 px dataset
+    extra=(); [[ $variant == no_autotune ]] && extra=(--override trainer.cudnn_benchmark=false)
+    run 100 "short_$variant" python3 bench/throughput.py --case short --modes cuda_graph --lean-only "${extra[@]}" \
+      --work "/tmp/tp_$variant" --out "$OUT/short_$variant.json"
+  done
+  cp /tmp/tp_*/*.log "$LOGS/" 2>/dev/null
+  tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+  exit 0
+fi
+
+if [[ ${1:-bench} == ddp4 ]]; then  # e2e with the new autotuning rule; graphed DDP without SyncBN at 14 and 10 workers
+  run 200 ddp14 python3 bench/throughput.py --case e2e ddp --gpus 2 --modes cuda_graph --workers 14 \
+    --override trainer.sync_bn=false --run-timeout 150 --work /tmp/tp14 --out "$OUT/ddp14.json"
+  run 100 ddp10 python3 bench/throughput.py --case ddp --gpus 2 --modes cuda_graph --workers 10 \
+    --override trainer.sync_bn=false --run-timeout 90 --one "$OUT/ddp14.json" --work /tmp/tp10 --out "$OUT/ddp10.json"
+  cp /tmp/tp1*/*.log "$LOGS/" 2>/dev/null
   tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
   exit 0
 fi

@@ -24,10 +24,12 @@ this script; its numbers mean nothing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+RUN_TIMEOUT = 900.0  # seconds per run (--run-timeout)
 TARGETS = {"e2e_vs_bare": 0.90, "e2e_vs_peer": 1.2, "short_ms_per_step": 20.0, "short_outside_s": 15.0,
            "ddp_2": 1.85, "ddp_4": 3.5}
 
@@ -53,22 +56,67 @@ def settings(quick: bool, workers: int) -> dict[str, Any]:
             "extra": []}
 
 
-def run_ours(args: list[str], run_dir: Path, nproc: int = 1, timeout: float = 900) -> dict[str, Any]:
-    """``python run.py ARGS`` (under torchrun for nproc > 1); wall time, results and metrics records."""
+def run_ours(args: list[str], run_dir: Path, nproc: int = 1, timeout: float | None = None) -> dict[str, Any]:
+    """``python run.py ARGS`` (under torchrun for nproc > 1); wall time, results and metrics records.
+
+    The output goes to ``<run_dir>.log`` as it is written. A run past ``timeout`` seconds (default
+    ``--run-timeout``) is sent SIGABRT first, which makes every Python process of it print its threads'
+    stacks into that log (faulthandler), then killed: a hang says where it hangs.
+    """
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
         if nproc > 1 else [sys.executable]
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run every time (a finished one would be refused)
+    log_path = run_dir.parent / f"{run_dir.name}.log"
     started = time.perf_counter()
-    proc = subprocess.run([*launcher, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([*launcher, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout or RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:  # torchrun's ranks may sit in their own process groups: each by pid
+            tree = [proc.pid, *_descendants(proc.pid)]
+            _signal_all(tree, signal.SIGABRT)
+            time.sleep(5)
+            _signal_all(tree, signal.SIGKILL)
+            proc.wait()
+            code = None
     wall = time.perf_counter() - started
-    (run_dir.parent / f"{run_dir.name}.log").write_text(proc.stdout[-20000:] + proc.stderr[-20000:])
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {proc.stderr[-1500:]}", "wall_s": wall}
+    if code != 0:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        what = f"timed out after {wall:.0f} s (stacks in {log_path.name})" if code is None else f"exit {code}"
+        return {"error": f"{what}: {tail}", "wall_s": wall}
     results = json.loads((run_dir / "results.json").read_text())["metrics"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"wall_s": wall, "results": results, "records": records}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (psutil where installed, else /proc)."""
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except ImportError:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        found, todo = [], [pid]
+        while todo:
+            kids = children.get(todo.pop(), [])
+            found += kids
+            todo += kids
+        return found
+    except Exception:
+        return []
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def window_throughput(records: list[dict], first: float, last: float) -> float | None:
@@ -94,7 +142,7 @@ def e2e_args(s: dict[str, Any], mode: str) -> list[str]:
             f"trainer.max_epochs={s['epochs']}", "augment.stage2_epochs=1", f"data.img_size={s['size']}",
             f"data.batch_size={s['batch']}", f"data.num_workers={s['workers']}",
             f"data.synthetic.num_train={s['images']}", f"trainer.val_interval={s['epochs']}", "logger=none",
-            *s["extra"]]
+            *s["extra"], *s.get("overrides", [])]
 
 
 def case_e2e(s: dict[str, Any], modes: list[str], work: Path, nproc: int = 1) -> list[dict]:
@@ -168,7 +216,7 @@ def case_short(s: dict[str, Any], modes: list[str], work: Path, lean_only: bool 
     base = [f"model={s['model'] if s['extra'] else 'rtmdet_tiny'}", f"trainer.device={s['device']}",
             f"data.img_size={short['size']}", f"data.batch_size={short['batch']}",
             f"data.synthetic.num_train={short['images']}", f"trainer.max_epochs={short['epochs']}", "logger=none",
-            *s["extra"]]
+            *s["extra"], *s.get("overrides", [])]
     lean = [f"trainer.checkpoint_interval={short['epochs']}", f"trainer.val_interval={short['epochs']}",
             f"trainer.stage2_val_interval={short['epochs']}"]
     for mode in modes:
@@ -235,10 +283,17 @@ def main(argv: list[str] | None = None) -> dict:
                         "one-GPU baseline of --case ddp and its peer row the e2e peer")
     parser.add_argument("--lean-only", action="store_true", help="short case: only the last-epoch ckpt+val variant")
     parser.add_argument("--quick", action="store_true", help="CPU smoke run with tiny sizes")
+    parser.add_argument("--override", nargs="*", default=[], help="more run.py overrides for our runs "
+                        "(e.g. trainer.sync_bn=false)")
+    parser.add_argument("--run-timeout", type=float, default=900, help="seconds before a run is stopped "
+                        "(its stacks are printed into its log first)")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".cache" / "throughput")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
     args = parser.parse_args(argv)
+    global RUN_TIMEOUT
+    RUN_TIMEOUT = args.run_timeout
     s = settings(args.quick, args.workers)
+    s["overrides"] = list(args.override)
     modes = args.modes or (["eager"] if args.quick else ["eager", "cuda_graph"])
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
