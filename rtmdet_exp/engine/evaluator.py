@@ -4,9 +4,11 @@ The 12 summary numbers are those of ``pycocotools.cocoeval.COCOeval.stats``; -1 
 pycocotools meaning (no ground truth in that area range). They are computed by ``faster_coco_eval``,
 the same algorithm with the per-image matching and the accumulation in C++: 5x faster than
 pycocotools' Python loops (1.34 -> 0.25 s for 200 images with 100 detections each on a 2-core CPU),
-which every validation of every run pays. The tests check it against pycocotools itself. Only the images passed to
-:meth:`CocoEvaluator.update` are evaluated (a debug run on a val subset is not penalised for the
-images it skipped), and only the categories the model predicts (``label_to_cat_id``).
+which every validation of every run pays; the tests check it against pycocotools itself.
+
+Only the images passed to :meth:`CocoEvaluator.update` are evaluated (a debug run on a val subset
+is not penalised for the images it skipped), and only the categories the model predicts
+(``label_to_cat_id``).
 """
 
 from __future__ import annotations

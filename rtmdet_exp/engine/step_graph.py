@@ -124,7 +124,7 @@ class GraphedStep:
         self.eager_left = int(warmup_steps)
         self.captures = 0  # graphs recorded so far
         self.replays = 0  # steps run by replaying a graph
-        self.buckets: list[int] = []  # the bucket of every step, in order
+        self.bucket: int | None = None  # the last step's GT bucket
         self._slots: dict[int, _Slot] = {}
         self._capture = capture or self._cuda_capture
         self._agree = agree
@@ -135,7 +135,7 @@ class GraphedStep:
         """One step on ``batch`` (host tensors from the loader); returns a copy of its packed values."""
         count = batch["boxes"].shape[1]
         bucket = gt_bucket(self._agree(count) if self._agree is not None else count)
-        self.buckets.append(bucket)
+        self.bucket = bucket
         slot = self._slots.get(bucket) or self._new_slot(bucket, batch)
         slot.load(batch, self.device)
         if self.eager_left > 0 or not slot.warmed:

@@ -149,7 +149,7 @@ def _graph_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         return torch.stack([boxes.sum(), mask.sum().float(), (labels >= 0).sum().float()])
 
     runner = GraphedStep(step_fn, torch.device("cpu"), False, [], warmup_steps=1, capture=record, agree=RankMax())
-    sums = []
+    sums, buckets = [], []
     for i, counts in enumerate(GRAPH_COUNTS):
         m = counts[rank]
         g = torch.Generator().manual_seed(100 * rank + i)
@@ -157,7 +157,8 @@ def _graph_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
         batch = {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "boxes": boxes,
                  "labels": torch.zeros(2, m, dtype=torch.int64), "mask": torch.ones(2, m, dtype=torch.bool)}
         sums.append({"got": runner(batch).tolist(), "want": [boxes.sum().item(), 2.0 * m, 2.0 * m]})
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"buckets": runner.buckets, "captured": captured,
+        buckets.append(runner.bucket)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"buckets": buckets, "captured": captured,
                                                               "sums": sums}))
     dist.destroy_process_group()
 
