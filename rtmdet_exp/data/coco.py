@@ -25,6 +25,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -127,6 +130,15 @@ def _load_coco(ann_file: Path, skip_images: set[int], skip_anns: set[int]) -> tu
     return coco, num_non_finite
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), else None (not checked)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 class CocoDetection(Dataset):
     """Images and boxes of a COCO json, one sample dict per image.
 
@@ -177,6 +189,7 @@ class CocoDetection(Dataset):
             i for i in all_img_ids if i not in excluded and not (self.filter_empty and len(per_image[i][1]) == 0)
         ]
         self._anns = per_image
+        self._images: list[np.ndarray] | None = None  # decoded images, when cache_images() was called
 
     def _parse_annotations(self, img_ids: list[int]) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
         """Vectorised parse of all annotations into per-image ``(boxes [K,4] xyxy, labels [K])``."""
@@ -234,8 +247,40 @@ class CocoDetection(Dataset):
         shape = (int(info["height"]), int(info["width"])) if "height" in info and "width" in info else None
         return {"boxes": boxes.copy(), "labels": labels.copy(), "image_id": image_id, "ori_shape": shape}
 
+    def cache_images(self, option: str = "data.cache_images", threads: int | None = None) -> float:
+        """Decode every image once into memory, so that :meth:`load_image` no longer decodes (Ultralytics'
+        ``cache=ram``); returns the seconds it took.
+
+        JPEG decoding is the largest single cost of the training pipeline (~4 ms of ~10 ms per 640 px
+        sample on one CPU core). Done in threads (OpenCV releases the GIL) before the loader's workers
+        start: they are forked and share the decoded arrays. Refused with :class:`DataError`, naming
+        ``option``, when the images (H x W x 3 bytes each, from the json's sizes) would not fit in half of
+        the memory the system has available.
+        """
+        started = time.perf_counter()
+        infos = [self.coco.imgs[i] for i in self.img_ids]
+        need = sum(int(info.get("height", 0)) * int(info.get("width", 0)) * 3 for info in infos)
+        available = available_memory_bytes()
+        if available is not None and need > available // 2:
+            raise DataError(f"{option}=true: the {len(infos)} images of {self.ann_file.name} need {need / 2**30:.1f} "
+                            f"GiB decoded, more than half of the {available / 2**30:.1f} GiB available; set "
+                            f"{option}=false (images are then decoded at every use)")
+        with ThreadPoolExecutor(max_workers=threads or min(32, os.cpu_count() or 1)) as pool:
+            self._images = list(pool.map(self._decode, range(len(self.img_ids))))
+        return time.perf_counter() - started
+
     def load_image(self, index: int) -> np.ndarray:
-        """Decode the image of sample ``index`` as uint8 HxWx3 BGR; raise :class:`DataError` if impossible."""
+        """The image of sample ``index`` as uint8 HxWx3 BGR (from memory after :meth:`cache_images`).
+
+        Raises :class:`DataError` if it cannot be read. A cached array is shared: callers never write
+        into it (no transform writes into its input).
+        """
+        if self._images is not None:
+            return self._images[index]
+        return self._decode(index)
+
+    def _decode(self, index: int) -> np.ndarray:
+        """Decode the image of sample ``index``; raise :class:`DataError` if impossible."""
         image_id = self.img_ids[index]
         path = self.image_path(index)
         if not path.is_file():

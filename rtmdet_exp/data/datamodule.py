@@ -64,11 +64,13 @@ class DataModule:
         on_error: str = "raise",
         validate: bool = True,
         synthetic: dict[str, Any] | None = None,
+        cache_images: bool = False,
     ) -> None:
         self.root, self.name, self.img_size = Path(root), name, img_size
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory and torch.cuda.is_available()
         self.on_error, self.validate, self.synthetic = on_error, validate, synthetic
+        self.cache_images = cache_images
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.expected_classes = num_classes
         self.paths = {"train_json": train_json, "val_json": val_json, "train_images": train_images,
@@ -114,6 +116,10 @@ class DataModule:
                 f"data.train_json ({self.paths['train_json']}) and data.val_json ({self.paths['val_json']}) list "
                 f"different categories: {self.train_set.class_names} vs {self.val_set.class_names}"
             )
+        if self.cache_images:
+            seconds = self.train_set.cache_images() + self.val_set.cache_images()
+            log.info("data.cache_images: %d train and %d val images decoded into memory in %.1f s",
+                     len(self.train_set), len(self.val_set), seconds)
         try:
             self.sampler = EpochSampler(len(self.train_set), self.batch_size, self.seed, self.rank, self.world_size)
         except ValueError as err:

@@ -70,6 +70,7 @@ NON_DEFINING_KEYS: tuple[str, ...] = (
     "trainer.cudnn_benchmark",
     "data.num_workers",
     "data.pin_memory",
+    "data.cache_images",
     "data.val_batch_size",
 )
 SETTING_FREE_KEYS: tuple[str, ...] = (*NON_DEFINING_KEYS, "seed")

@@ -68,6 +68,22 @@ def test_in_process_loader_makes_the_same_batches(reference: list, start: int) -
     assert data._train_set.replayed == {0: 0, 3: 12}[start]
 
 
+def test_images_cached_in_memory_make_the_same_batches(reference: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.cache_images=true: decoded once before the workers fork, never again (decoding is made to
+    fail afterwards, in this process and so in the forked workers), and the batches are the same."""
+    import cv2
+
+    cfg = compose([*SETTINGS, "data.cache_images=true"])
+    data = build.build_data(cfg, build.build_augment(cfg))
+    data.setup()
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was decoded after caching")
+
+    monkeypatch.setattr(cv2, "imread", no_decoding)
+    assert_same(batches(data.train_loader(1)), reference)
+
+
 def test_mosaic_really_mixes_images(reference: list) -> None:
     """Guard against a trivially equal comparison: mid-epoch batches hold Mosaic canvases, which
     contain boxes of more than one source image (their count differs from any single image's)."""

@@ -216,6 +216,29 @@ def test_coco_pipeline_is_applied(coco_files: Path) -> None:
     np.testing.assert_array_equal(ds.get_ann(0)["boxes"][0], [5, 6, 15, 14])  # the cache is untouched
 
 
+def test_cached_images_are_the_decoded_files(small_dataset: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = CocoDetection(small_dataset["train_images"], small_dataset["train_json"])
+    files = [cv2.imread(str(ds.image_path(i)), cv2.IMREAD_COLOR) for i in range(len(ds))]
+    ds.cache_images(threads=2)
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: None)  # any decode from here on would fail
+    for i, img in enumerate(files):
+        assert np.array_equal(ds.load_image(i), img), i
+        assert np.array_equal(ds[i]["img"], img)
+
+
+def test_caching_images_that_do_not_fit_in_memory_is_refused(small_dataset: dict,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import rtmdet_exp.data.coco as coco_module
+
+    ds = CocoDetection(small_dataset["train_images"], small_dataset["train_json"])
+    need = 8 * 128 * 128 * 3  # SMALL: 8 training images of 128 x 128
+    monkeypatch.setattr(coco_module, "available_memory_bytes", lambda: 2 * need - 2)
+    with pytest.raises(DataError, match=r"data\.cache_images=true: the 8 images .* set data\.cache_images=false"):
+        ds.cache_images()
+    monkeypatch.setattr(coco_module, "available_memory_bytes", lambda: 2 * need)
+    ds.cache_images()  # exactly half of the available memory still fits
+
+
 def test_coco_missing_or_broken_image_raises(tmp_path: Path) -> None:
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     images = [
