@@ -6,6 +6,7 @@ Measures, on the built-in dataset rendered at 640 px (generated once into bench/
 
 1. images/s through the full stage-1 pipeline (decode + CachedMosaic + RandomResize + RandomCrop + HSV +
    flip + Pad + CachedMixUp) in this process, i.e. per worker process;
+   the same with the images decoded once into memory first (``data.cache_images=true``);
 2. images/s through a DataLoader (batch 8, our collate) for each ``--workers`` count, and per worker;
 3. the same two numbers for Ultralytics' YOLO training dataset (Mosaic + RandomPerspective + MixUp at
    640, ``mixup=1.0``) on the same images with YOLO-format labels, when ``ultralytics`` is importable;
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"ours": {}, "ultralytics": None}
     results["ours"]["in_process"] = time_in_process(ours.__getitem__, n, count, warmup=20)
     results["ours"]["loader"] = {w: time_loader(_Resampled(ours, length), collate, w, batches) for w in args.workers}
+    cached = CocoDetection(paths["train_images"], paths["train_json"], pipeline=stage1_pipeline())
+    cached.cache_images()  # data.cache_images=true: decoded once, before the workers fork
+    results["ours"]["in_process_cached"] = time_in_process(cached.__getitem__, n, count, warmup=20)
 
     theirs_note = "ultralytics not installed"
     if ultralytics_available():
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ report
     theirs = results["ultralytics"]
-    rows = [("in-process (1 worker)", results["ours"]["in_process"], theirs and theirs["in_process"], 1)]
+    rows = [("in-process (1 worker)", results["ours"]["in_process"], theirs and theirs["in_process"], 1),
+            ("in-process, RAM cache", results["ours"]["in_process_cached"], None, 1)]
     rows += [
         (f"DataLoader, {w} workers", results["ours"]["loader"][w], theirs and theirs["loader"][w], max(w, 1))
         for w in args.workers
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table.append({"measure": name, "ours_ips": ips, "ours_per_worker": ips / per,
                       "theirs_ips": tips, "theirs_per_worker": tips / per if tips else None, "ratio": ratio})
         theirs_cols = (f"{_fmt(tips):>14}{_fmt(tips / per if tips else None):>12}{_fmt(ratio, '.2f'):>8}"
-                       if theirs else f"{'ultralytics not installed':>34}")
+                       if theirs and tips else f"{'-' if theirs else 'ultralytics not installed':>34}")
         print(f"{name:<24}{ips:>12.1f}{ips / per:>12.1f}{theirs_cols}")
     print(f"\n{'cache (ms / 100 images)':<24}{'uncached':>10}{'cached':>10}{'speed-up':>10}{'paper':>18}")
     for key in ("mosaic", "mixup"):
