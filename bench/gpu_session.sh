@@ -2,7 +2,7 @@
 # The GPU benchmark session, as one device command of at most 10 minutes (several GPUs when lent):
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
-#   bash bench/gpu_session.sh part1b|pool|compile1|compile3   (narrower calls; each part says what it runs)
+#   bash bench/gpu_session.sh part1b|pool|compile1|compile1c|compile3   (narrower calls; each part says what it runs)
 #   bash bench/gpu_session.sh screen     (the MPS probe, then the CPU-default recipe candidates of bench/recipes.txt)
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
 #   bash bench/gpu_session.sh ddp2       (2 GPUs: graphed DDP beside one GPU, then a lean short run)
@@ -119,6 +119,11 @@ if [[ $PART == compile1 ]]; then  # the step and the loop with the network compi
   run 260 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
   run 300 e2e python3 bench/throughput.py --case e2e peer --modes cuda_graph+compile --workers "$WORKERS" \
     --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
+fi
+if [[ $PART == compile1c ]]; then  # as compile1, the images decoded once into RAM (data.cache_images=true)
+  run 260 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
+  run 300 e2e python3 bench/throughput.py --case e2e peer --modes cuda_graph+compile --workers "$WORKERS" \
+    --override data.cache_images=true --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
 fi
 if [[ $PART == compile3 ]]; then  # the step with the network compiled, latency (compiled b32 row), a lean short run
   run 230 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
