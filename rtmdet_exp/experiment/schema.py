@@ -92,7 +92,8 @@ class DataConfig:
     num_workers: int = 10  # DataLoader worker processes per process
     pin_memory: bool = True  # pinned host memory (used only with a GPU)
     # decode every image once into RAM before training (Ultralytics' cache=ram): the loader's largest cost
-    # (~4 ms per 640 px image) goes; needs H x W x 3 bytes per image (refused past half the free memory)
+    # (~4 ms per 640 px image) goes; needs H x W x 3 bytes per image in each process (each torchrun rank
+    # holds its own copy; refused past half the free memory)
     cache_images: bool = False
     on_error: OnError = OnError["raise"]  # bad images/annotations: raise (list them all) | skip
     validate: bool = True  # check the dataset before training
