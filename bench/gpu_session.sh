@@ -6,6 +6,7 @@
 #   bash bench/gpu_session.sh screen     (the MPS probe, then the CPU-default recipe candidates of bench/recipes.txt)
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
 #   bash bench/gpu_session.sh ddp2       (2 GPUs: graphed DDP beside one GPU, then a lean short run)
+#   bash bench/gpu_session.sh ddp5       (next: DDP without SyncBN at 8 and 6 workers per rank, images in RAM)
 #   bash bench/gpu_session.sh ddp4       (the e2e run under the autotuning rule; DDP without SyncBN at 14 and 10 workers)
 #   bash bench/gpu_session.sh ddp3       (2 GPUs: the same without SyncBN; lean short runs with and without autotuning)
 # Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
@@ -88,6 +89,17 @@ if [[ ${1:-bench} == ddp3 ]]; then  # graphed DDP on 2 GPUs with per-GPU BatchNo
       --work "/tmp/tp_$variant" --out "$OUT/short_$variant.json"
   done
   cp /tmp/tp_*/*.log "$LOGS/" 2>/dev/null
+  tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
+  exit 0
+fi
+
+if [[ ${1:-bench} == ddp5 ]]; then  # next: graphed DDP without SyncBN at 8 and 6 workers per rank, images in RAM
+  run 200 ddp8 python3 bench/throughput.py --case e2e ddp --gpus 2 --modes cuda_graph --workers 8 \
+    --override trainer.sync_bn=false data.cache_images=true --run-timeout 150 --work /tmp/tp8 --out "$OUT/ddp8.json"
+  run 100 ddp6 python3 bench/throughput.py --case ddp --gpus 2 --modes cuda_graph --workers 6 \
+    --override trainer.sync_bn=false data.cache_images=true --run-timeout 90 --one "$OUT/ddp8.json" --work /tmp/tp6 \
+    --out "$OUT/ddp6.json"
+  cp /tmp/tp[86]/*.log "$LOGS/" 2>/dev/null
   tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
   exit 0
 fi
