@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-RUN_TIMEOUT = 900.0  # seconds per run (--run-timeout)
 TARGETS = {"e2e_vs_bare": 0.90, "e2e_vs_peer": 1.2, "short_ms_per_step": 20.0, "short_outside_s": 15.0,
            "ddp_2": 1.85, "ddp_4": 3.5}
 
@@ -56,11 +55,11 @@ def settings(quick: bool, workers: int) -> dict[str, Any]:
             "extra": []}
 
 
-def run_ours(args: list[str], run_dir: Path, nproc: int = 1, timeout: float | None = None) -> dict[str, Any]:
+def run_ours(args: list[str], run_dir: Path, timeout: float, nproc: int = 1) -> dict[str, Any]:
     """``python run.py ARGS`` (under torchrun for nproc > 1); wall time, results and metrics records.
 
-    The output goes to ``<run_dir>.log`` as it is written. A run past ``timeout`` seconds (default
-    ``--run-timeout``) is sent SIGABRT first, which makes every Python process of it print its threads'
+    The output goes to ``<run_dir>.log`` as it is written. A run past ``timeout`` seconds
+    (``--run-timeout``) is sent SIGABRT first, which makes every Python process of it print its threads'
     stacks into that log (faulthandler), then killed: a hang says where it hangs.
     """
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
@@ -73,7 +72,7 @@ def run_ours(args: list[str], run_dir: Path, nproc: int = 1, timeout: float | No
         proc = subprocess.Popen([*launcher, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            code = proc.wait(timeout=timeout or RUN_TIMEOUT)
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:  # torchrun's ranks may sit in their own process groups: each by pid
             tree = [proc.pid, *_descendants(proc.pid)]
             _signal_all(tree, signal.SIGABRT)
@@ -92,25 +91,18 @@ def run_ours(args: list[str], run_dir: Path, nproc: int = 1, timeout: float | No
 
 
 def _descendants(pid: int) -> list[int]:
-    """Process ids below ``pid`` (psutil where installed, else /proc)."""
-    try:
-        import psutil
-
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    except ImportError:
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        found, todo = [], [pid]
-        while todo:
-            kids = children.get(todo.pop(), [])
-            found += kids
-            todo += kids
-        return found
-    except Exception:
-        return []
+    """Process ids below ``pid``, from /proc (the benchmarks run on Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the command name
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -148,7 +140,7 @@ def e2e_args(s: dict[str, Any], mode: str) -> list[str]:
 def case_e2e(s: dict[str, Any], modes: list[str], work: Path, nproc: int = 1) -> list[dict]:
     rows = []
     for mode in modes:
-        out = run_ours(e2e_args(s, mode), work / f"e2e_{mode}_x{nproc}", nproc)
+        out = run_ours(e2e_args(s, mode), work / f"e2e_{mode}_x{nproc}", s["run_timeout"], nproc)
         row: dict[str, Any] = {"case": "e2e" if nproc == 1 else f"ddp_{nproc}", "mode": mode, "gpus": nproc,
                                "wall_s": out["wall_s"]}
         if "error" in out:
@@ -222,7 +214,8 @@ def case_short(s: dict[str, Any], modes: list[str], work: Path, lean_only: bool 
     for mode in modes:
         variants = (("default", []), ("last-epoch ckpt+val", lean))
         for variant, extra in variants[1:] if lean_only else variants:
-            out = run_ours([*base, f"trainer.step_mode={mode}", *extra], work / f"short_{mode}_{len(extra)}")
+            out = run_ours([*base, f"trainer.step_mode={mode}", *extra], work / f"short_{mode}_{len(extra)}",
+                           s["run_timeout"])
             row: dict[str, Any] = {"case": "short", "mode": mode, "variant": variant, "wall_s": out["wall_s"]}
             if "error" in out:
                 rows.append({**row, "error": out["error"]})
@@ -290,10 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".cache" / "throughput")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
     args = parser.parse_args(argv)
-    global RUN_TIMEOUT
-    RUN_TIMEOUT = args.run_timeout
     s = settings(args.quick, args.workers)
-    s["overrides"] = list(args.override)
+    s["overrides"], s["run_timeout"] = list(args.override), args.run_timeout
     modes = args.modes or (["eager"] if args.quick else ["eager", "cuda_graph"])
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
