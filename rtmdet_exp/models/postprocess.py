@@ -10,7 +10,8 @@ path (:mod:`rtmdet_exp.deploy.fast`) can put the first one in a CUDA graph:
 * :func:`dense_candidates`: per-level top-k, clipping and the validity mask; every shape is fixed
   by the input shape and nothing is read back to the host;
 * :func:`select_detections`: drop invalid candidates, class-aware NMS (torchvision, which reads a
-  mask back to the host), top ``max_per_img`` per image, back to original-image pixels.
+  mask back to the host) over each image's best candidates only, as many as decide its top
+  ``max_per_img``, then those, back to original-image pixels.
 """
 
 from __future__ import annotations
@@ -88,36 +89,72 @@ def dense_candidates(scores: Tensor, boxes: Tensor, level_sizes: list[int], img_
     return Candidates(top_scores, cand_boxes, labels, valid, scores.shape[2])
 
 
+PREFIX_START = 4  # first prefix: PREFIX_START * max_per_img best candidates (one round for every val batch here)
+PREFIX_GROWTH = 4  # an image whose prefix kept too few is redone with a prefix this many times longer
+
+
+def _prefix_nms(cand: Candidates, cfg: PostprocessConfig) -> Tensor:
+    """Flat indices (into ``[B*K]``) of what class-aware NMS keeps among each image's best-scoring
+    valid candidates: at least the image's ``max_per_img`` best kept ones, or all it keeps.
+
+    Greedy NMS decides a box from higher-scoring boxes only, so NMS over an image's candidates
+    scoring at least some bound decides those exactly as NMS over all of them would. Once such a
+    prefix keeps ``max_per_img`` boxes (or holds all valid ones), those include the image's final
+    detections: every candidate outside it scores lower. Each round runs one NMS over the prefixes
+    of the unfinished images (``>=`` the bound, so ties straddle no prefix) and then grows them.
+    """
+    batch, per_image = cand.scores.shape
+    groups = (torch.arange(batch, device=cand.labels.device)[:, None] * cand.num_classes + cand.labels).reshape(-1)
+    boxes, scores = cand.boxes.reshape(-1, 4), cand.scores.reshape(-1)
+    ranked = cand.scores.masked_fill(~cand.valid, float("-inf"))
+    num_valid = cand.valid.sum(1)
+    pending = num_valid > 0
+    kept = [torch.empty(0, dtype=torch.int64, device=scores.device)]
+    size = PREFIX_START * cfg.max_per_img
+    while True:
+        bound = ranked.topk(min(size, per_image), dim=1).values[:, -1:]  # -inf: fewer valid than size
+        prefix = cand.valid & pending[:, None] & (cand.scores >= bound)
+        index = prefix.reshape(-1).nonzero().squeeze(1)  # (one host synchronisation per round)
+        if index.numel() == 0:
+            return torch.cat(kept)
+        keep = index[batched_nms(boxes[index].float(), scores[index].float(), groups[index], cfg.iou_threshold)]
+        image = keep // per_image
+        done = (torch.bincount(image, minlength=batch) >= cfg.max_per_img) | (prefix.sum(1) == num_valid)
+        kept.append(keep[done[image]])
+        pending &= ~done
+        size *= PREFIX_GROWTH
+
+
 def select_detections(cand: Candidates, meta: dict[str, Tensor], cfg: PostprocessConfig) -> list[dict[str, Tensor]]:
     """Class-aware NMS over the valid candidates, top ``max_per_img`` per image, original pixels.
 
     ``meta`` holds ``pad_offset [B,2]`` (left, top) and ``scale_factor [B,2]`` (sx, sy) of the
-    letterbox. Returns one dict per image: ``boxes [K,4]`` xyxy, ``scores [K]``, ``labels [K]``.
+    letterbox. Returns one dict per image: ``boxes [K,4]`` xyxy, ``scores [K]``, ``labels [K]``, by
+    decreasing score (ties in candidate order). NMS runs on score-ordered prefixes of each image's
+    candidates (:func:`_prefix_nms`), with the result of NMS over all of them: on the 2-core CPU,
+    200 val images of rtmdet_tiny at 256 px (13k candidates per image) took 10.8 s, now 0.5 s.
     """
-    batch, num_classes, device = cand.boxes.shape[0], cand.num_classes, cand.boxes.device
-    flat = cand.valid.reshape(-1).nonzero().squeeze(1)  # [V] (one host synchronisation)
-    v_boxes = cand.boxes.reshape(-1, 4)[flat]
-    v_scores = cand.scores.reshape(-1)[flat]
-    v_labels = cand.labels.reshape(-1)[flat]
-    v_image = flat // cand.labels.shape[1]  # row of the [B, K] layout = image
-
-    # One NMS call for the whole batch: groups are (image, class) pairs.
-    keep = batched_nms(v_boxes.float(), v_scores.float(), v_image * num_classes + v_labels, cfg.iou_threshold)
-    keep = keep[torch.sort(v_image[keep], stable=True).indices]  # per image, in score order
-    kept_image = v_image[keep]
+    batch, per_image, device = cand.scores.shape[0], cand.scores.shape[1], cand.boxes.device
+    keep = _prefix_nms(cand, cfg).sort().values  # image-major, candidate order
+    scores = cand.scores.reshape(-1)
+    keep = keep[scores[keep].sort(descending=True, stable=True).indices]
+    keep = keep[torch.sort(keep // per_image, stable=True).indices]  # per image, in score order
+    kept_image = keep // per_image
     counts = torch.bincount(kept_image, minlength=batch)
     first = torch.cumsum(counts, 0) - counts  # start offset of each image's run
     rank = torch.arange(keep.numel(), device=device) - first[kept_image]
     keep = keep[rank < cfg.max_per_img]
-    kept_image = v_image[keep]
+    kept_image = keep // per_image
 
-    pad = meta["pad_offset"].to(device=device, dtype=v_boxes.dtype)[kept_image]  # [K, 2]
-    scale = meta["scale_factor"].to(device=device, dtype=v_boxes.dtype)[kept_image]
-    out_boxes = (v_boxes[keep] - pad.repeat(1, 2)) / scale.repeat(1, 2)
+    boxes = cand.boxes.reshape(-1, 4)[keep]
+    pad = meta["pad_offset"].to(device=device, dtype=boxes.dtype)[kept_image]  # [K, 2]
+    scale = meta["scale_factor"].to(device=device, dtype=boxes.dtype)[kept_image]
+    out_boxes = (boxes - pad.repeat(1, 2)) / scale.repeat(1, 2)
     splits = torch.bincount(kept_image, minlength=batch).tolist()
     return [
         {"boxes": b, "scores": s, "labels": lab}
-        for b, s, lab in zip(out_boxes.split(splits), v_scores[keep].split(splits), v_labels[keep].split(splits))
+        for b, s, lab in zip(out_boxes.split(splits), scores[keep].split(splits),
+                             cand.labels.reshape(-1)[keep].split(splits))
     ]
 
 
