@@ -3,10 +3,10 @@
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
 #   bash bench/gpu_session.sh part1b|pool|compile1|compile1c|compile3   (narrower calls; each part says what it runs)
-#   bash bench/gpu_session.sh screen     (the MPS probe, then the CPU-default recipe candidates of bench/recipes.txt)
+#   bash bench/gpu_session.sh screen     (the CPU-default recipe candidates of bench/recipes.txt, under MPS)
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
 #   bash bench/gpu_session.sh ddp2       (2 GPUs: graphed DDP beside one GPU, then a lean short run)
-#   bash bench/gpu_session.sh ddp5       (next: DDP without SyncBN at 8 and 6 workers per rank, images in RAM)
+#   bash bench/gpu_session.sh ddp5       (DDP without SyncBN at 8 and 6 workers per rank, images in RAM; SyncBN at 8)
 #   bash bench/gpu_session.sh ddp4       (the e2e run under the autotuning rule; DDP without SyncBN at 14 and 10 workers)
 #   bash bench/gpu_session.sh ddp3       (2 GPUs: the same without SyncBN; lean short runs with and without autotuning)
 # Needs .whl/ carried (bash ../shared/gpu/fetch_wheels.sh && bash bench/fetch_peer_wheels.sh). Installs
@@ -51,9 +51,11 @@ head -3 "$LOGS/machine.log" | tail -1; tail -2 "$LOGS/machine.log"
 GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())")
 WORKERS=$(( $(nproc) / (GPUS > 0 ? GPUS : 1) - 2 )); (( WORKERS > 14 )) && WORKERS=14; (( WORKERS < 2 )) && WORKERS=2
 
-if [[ ${1:-bench} == screen ]]; then  # item 5's CPU-default recipe candidates (fp32, 3 seeds) after the MPS probe
-  run 150 mps_probe bash bench/mps_probe.sh
-  run 400 recipe_screen python3 bench/recipe_screen.py --parallel 12 --out /tmp/screen
+if [[ ${1:-bench} == screen ]]; then  # item 5's CPU-default recipe candidates (3 seeds), 12 runs at a time under MPS
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
+  mkdir -p /tmp/mps/pipe /tmp/mps/log
+  nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT || echo "MPS did not start: runs take turns"
+  run 520 recipe_screen python3 bench/recipe_screen.py --parallel 12 --out /tmp/screen
   cp /tmp/screen/recipe_screen.json "$OUT/" 2>/dev/null
   tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
   exit 0
@@ -99,7 +101,10 @@ if [[ ${1:-bench} == ddp5 ]]; then  # next: graphed DDP without SyncBN at 8 and 
   run 100 ddp6 python3 bench/throughput.py --case ddp --gpus 2 --modes cuda_graph --workers 6 \
     --override trainer.sync_bn=false data.cache_images=true --run-timeout 90 --one "$OUT/ddp8.json" --work /tmp/tp6 \
     --out "$OUT/ddp6.json"
-  cp /tmp/tp[86]/*.log "$LOGS/" 2>/dev/null
+  run 100 ddp8_syncbn python3 bench/throughput.py --case ddp --gpus 2 --modes cuda_graph --workers 8 \
+    --override data.cache_images=true --run-timeout 90 --one "$OUT/ddp8.json" --work /tmp/tp8s \
+    --out "$OUT/ddp8_syncbn.json"
+  cp /tmp/tp[86]*/*.log "$LOGS/" 2>/dev/null
   tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
   exit 0
 fi
