@@ -65,4 +65,4 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
         members = (groups == group).nonzero().squeeze(1)
         kept[members[nms(boxes[members], scores[members], iou_threshold)]] = True
     index = kept.nonzero().squeeze(1)
-    return index[scores[index].argsort(descending=True)]
+    return index[scores[index].sort(descending=True, stable=True).indices]  # ties in input order, as the kernel

@@ -49,6 +49,19 @@ def test_batched_nms_equals_torchvision(n: int) -> None:
     assert torch.equal(nms(boxes, scores, 0.6), torchvision.ops.nms(boxes, scores, 0.6))
 
 
+@pytest.mark.parametrize("n", [300, 2500])
+def test_batched_nms_orders_tied_scores_by_input_index(n: int) -> None:
+    """Far-apart boxes (all kept) with scores on 5 levels: the kept indices come by decreasing score, and
+    tied ones in input order, on both paths (the per-group path used to order ties by an unstable sort)."""
+    corner = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2) * 20
+    boxes = torch.cat([corner, corner + 10], 1)
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randint(1, 6, (n,), generator=g).float() / 5
+    groups = torch.randint(0, 12, (n,), generator=g)
+    want = sorted(range(n), key=lambda i: (-scores[i].item(), i))
+    assert batched_nms(boxes, scores, groups, 0.5).tolist() == want
+
+
 def test_no_torchvision_package_is_imported() -> None:
     """The training entry point and an NMS call leave torchvision's package (and torch._dynamo) unimported;
     importing torchvision afterwards still works."""
