@@ -126,15 +126,19 @@ def test_per_class_ap_and_confusion_counts(evaluated: Path, renumbered: Path) ->
         assert (evaluated / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_fused_evaluation_gives_the_same_metrics(trained: Path, evaluated: Path, renumbered: Path,
-                                                 coco_dataset: Path, tmp_path: Path) -> None:
-    record = evaluate.main([f"checkpoint={trained / 'checkpoints' / f'epoch_{EPOCHS:04d}.pt'}", "fuse=true",
-                            "data=coco", f"data.val_json={renumbered}", f"data.val_images={coco_dataset / 'val2017'}",
-                            f"out={tmp_path}", "workers=0"])
-    unfused = json.loads((evaluated / "metrics.json").read_text())["metrics"]
-    assert record["fused"] is True
-    for key, value in unfused.items():
-        assert record["metrics"][key] == pytest.approx(value, abs=1e-4), key
+def test_fused_evaluation_gives_the_same_metrics(trained: Path, renumbered: Path, coco_dataset: Path,
+                                                 tmp_path: Path) -> None:
+    """Folding BatchNorm into the convs keeps the metrics. In fp32: this 12-step model scores nearly every
+    candidate alike, and in bf16 its scores take 2 values, so which tied boxes fill each image's top 10
+    (AR10) or 300 follows the boxes' last bits, which folding changes; in fp32 the scores stay distinct."""
+    args = [f"checkpoint={trained / 'checkpoints' / f'epoch_{EPOCHS:04d}.pt'}", "data=coco", "precision=fp32",
+            f"data.val_json={renumbered}", f"data.val_images={coco_dataset / 'val2017'}", "workers=0"]
+    unfused = evaluate.main([*args, f"out={tmp_path / 'unfused'}"])
+    fused = evaluate.main([*args, "fuse=true", f"out={tmp_path / 'fused'}"])
+    assert fused["fused"] is True and unfused["fused"] is False and fused["precision"] == "fp32"
+    assert unfused["metrics"]["mAP"] > 0
+    for key, value in unfused["metrics"].items():
+        assert fused["metrics"][key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_without_overrides_the_stored_val_split_is_used(trained: Path, coco_dataset: Path) -> None:
