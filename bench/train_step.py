@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from rtmdet_exp.engine.ema import ModelEMA
 from rtmdet_exp.engine.step import TrainStep
 from rtmdet_exp.experiment import build, compose
+from rtmdet_exp.models.layout import to_channels_last
 
 TARGET_VS_YOLOV8S = 1.55
 NUM_CLASSES = 80
@@ -94,7 +95,7 @@ def make_step(model: str, mode: str, size: int, batch: int, device: torch.device
     detector = build.build_detector(cfg).to(device)
     bf16, channels_last = build.precision_flags(cfg, device)
     if channels_last:
-        detector.to(memory_format=torch.channels_last)
+        to_channels_last(detector, device)
     optimizer = build.build_optimizer(cfg, detector)
     schedule = build.build_schedule(cfg, optimizer, steps_per_epoch=1000)
     ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma)

@@ -49,6 +49,7 @@ from rtmdet_exp.engine.evaluator import CocoEvaluator
 from rtmdet_exp.experiment.build import load_detector, precision_flags
 from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.models.fuse import fuse_conv_bn
+from rtmdet_exp.models.layout import to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bf16, channels_last = inference_precision(extra["config"], device, args["precision"])
     detector.to(device)
     if channels_last:
-        detector.to(memory_format=torch.channels_last)
+        to_channels_last(detector, device)
     evaluator = predict_split(detector, dataset, cat_ids, names, device, args["batch_size"], args["workers"],
                               bf16, channels_last)
     detections, image_ids = evaluator.results(), evaluator.image_ids

@@ -25,7 +25,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from rtmdet_exp.atomic import write_json_atomic
 from rtmdet_exp.cli.args import Option, UsageError, parse
@@ -40,6 +39,7 @@ from rtmdet_exp.data.annotations import AnnotationFileError, read_coco_json
 from rtmdet_exp.data.collate import collate
 from rtmdet_exp.data.transforms import LetterboxResize
 from rtmdet_exp.experiment.build import load_detector
+from rtmdet_exp.models.layout import to_channels_last
 from rtmdet_exp.vis import draw_boxes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     bf16, channels_last = inference_precision(extra["config"], device, args["precision"])
     detector.to(device)
     if channels_last:
-        detector.to(memory_format=torch.channels_last)
+        to_channels_last(detector, device)
     names = list(extra.get("class_names") or [str(i) for i in range(detector.num_classes)])
     cat_ids = list(extra.get("label_to_cat_id") or range(1, detector.num_classes + 1))
     image_ids = list(range(len(files)))

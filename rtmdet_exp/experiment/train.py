@@ -31,6 +31,7 @@ from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.experiment.recipe import format_card, recipe_card
 from rtmdet_exp.experiment.results import dry_run, final_summary, start_loggers
 from rtmdet_exp.experiment.session import FINISHED, RESUME, RunSession
+from rtmdet_exp.models.layout import to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     log.info("precision: %s (trainer.precision=%s) on %s%s", "bf16 autocast" if bf16 else "fp32",
              build.plain(cfg.trainer)["precision"], device.type, ", channels_last" if channels_last else "")
     detector.to(device)
-    if channels_last:
-        detector.to(memory_format=torch.channels_last)
+    if channels_last:  # NHWC, except the layers that are faster without it on the CPU
+        to_channels_last(detector, device)
     mode = build.step_mode(cfg, device)
     step_model = distributed.wrap(detector, device, graphed=mode == "cuda_graph", sync_bn=cfg.trainer.sync_bn)
     optimizer = build.build_optimizer(cfg, detector, world)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from rtmdet_exp.models.blocks import SPPF, ConvBNAct, CSPLayer, check_odd_kernel
+from rtmdet_exp.models.layout import layout_of, relayout
 
 __all__ = ["CSPNeXt", "init_kaiming_uniform"]
 
@@ -56,7 +57,11 @@ class CSPNeXt(nn.Module):
     Attributes:
         out_channels: channels of the returned maps, (int(256w), int(512w), int(1024w)).
         strides: their strides, (8, 16, 32).
+        cpu_contiguous_parts: what :func:`~rtmdet_exp.models.layout.to_channels_last` keeps in NCHW
+            on the CPU (the stem); ``forward`` moves activations to each part's own layout.
     """
+
+    cpu_contiguous_parts = ("stem",)
 
     strides: tuple[int, ...] = (8, 16, 32)
 
@@ -123,10 +128,10 @@ class CSPNeXt(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """``x`` [B, 3, H, W] -> maps of stages 2, 3, 4: [B, out_channels[i], H / s, W / s], s = 8, 16, 32."""
-        x = self.stem(x)
+        x = self.stem(relayout(x, layout_of(self.stem[0].conv)))
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            x = stage(relayout(x, layout_of(stage[0].conv)))
             if i >= 1:
                 outs.append(x)
         return tuple(outs)

@@ -21,6 +21,7 @@ __all__ = [
     "ChannelAttention",
     "ConvBNAct",
     "DepthwiseSeparableConv",
+    "GroupedConv2d",
     "SPPF",
     "check_odd_kernel",
 ]
@@ -43,8 +44,26 @@ def _check_positive(value: int, name: str) -> int:
     return value
 
 
+class GroupedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for grouped (here: depthwise) convs: under bf16 autocast on the CPU it runs in fp32.
+
+    oneDNN's bf16 weight gradient of a depthwise 5x5 conv is 3-5x slower than its fp32 one on an AMX
+    CPU (bench/NOTES.md, "The CPU step"), while bf16 brings nothing to a conv this cheap. On a GPU,
+    and outside autocast, it is a plain ``nn.Conv2d`` (same parameters, state-dict keys and output).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class ConvBNAct(nn.Module):
-    """``kernel_size`` x ``kernel_size`` conv (no bias, 'same' padding) -> BatchNorm2d -> SiLU."""
+    """``kernel_size`` x ``kernel_size`` conv (no bias, 'same' padding) -> BatchNorm2d -> SiLU.
+
+    A grouped conv (``groups > 1``) is a :class:`GroupedConv2d`.
+    """
 
     def __init__(
         self,
@@ -64,9 +83,8 @@ class ConvBNAct(nn.Module):
         _check_positive(groups, "groups")
         if in_ch % groups or out_ch % groups:
             raise ValueError(f"groups={groups} must divide in_ch={in_ch} and out_ch={out_ch}")
-        self.conv = nn.Conv2d(
-            in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=False
-        )
+        conv = GroupedConv2d if groups > 1 else nn.Conv2d
+        self.conv = conv(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_ch, momentum=bn_momentum, eps=bn_eps)
         self.act = nn.SiLU(inplace=True)
 
