@@ -3,7 +3,8 @@
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
 #   bash bench/gpu_session.sh part1b|pool|compile1|compile1c|compile3   (narrower calls; each part says what it runs)
-#   bash bench/gpu_session.sh screen     (the CPU-default recipe candidates of bench/recipes.txt, under MPS)
+#   bash bench/gpu_session.sh screen     (the CPU-default recipe candidates of bench/recipes.txt, under MPS;
+#                                         seeds 0 1 2, or SEEDS="0 1 2 3 4 5")
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
 #   bash bench/gpu_session.sh ddp2       (2 GPUs: graphed DDP beside one GPU, then a lean short run)
 #   bash bench/gpu_session.sh ddp5       (DDP without SyncBN at 8 and 6 workers per rank, images in RAM; SyncBN at 8)
@@ -55,7 +56,7 @@ if [[ ${1:-bench} == screen ]]; then  # item 5's CPU-default recipe candidates (
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
   mkdir -p /tmp/mps/pipe /tmp/mps/log
   nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT || echo "MPS did not start: runs take turns"
-  run 520 recipe_screen python3 bench/recipe_screen.py --parallel 12 --out /tmp/screen
+  run 520 recipe_screen python3 bench/recipe_screen.py --parallel 12 --seeds ${SEEDS:-0 1 2} --out /tmp/screen
   cp /tmp/screen/recipe_screen.json "$OUT/" 2>/dev/null
   tar -czf "$OUT/logs.tgz" -C /tmp bench_logs
   exit 0
