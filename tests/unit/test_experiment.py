@@ -302,7 +302,7 @@ def test_each_generated_dataset_has_its_own_folder() -> None:
         [], ["data.synthetic.num_train=16"], ["data.synthetic.num_val=8"], ["data.num_classes=3"],
         ["data.synthetic.seed=1"], ["data.img_size=320"])}
     assert len(roots) == 6
-    assert compose([]).data.root.endswith("/synthetic_256_s0_800-200_c10")
+    assert compose([]).data.root.endswith("/synthetic_256_s0_2400-200_c10")
 
 
 def test_compile_auto_compiles_long_gpu_runs_only() -> None:
