@@ -129,9 +129,13 @@ def test_to_channels_last_keeps_the_stem_in_nchw_on_the_cpu_only() -> None:
 def test_mixed_layout_network_computes_what_the_nchw_network_does() -> None:
     plain = tiny_network()
     mixed = to_channels_last(copy.deepcopy(plain), torch.device("cpu"))
-    images = torch.randn(2, 3, 128, 128)  # no gradient wanted for the images: the stem's hook says so once
-    stem_grads: list[torch.Tensor] = []
-    mixed.backbone.stem.register_full_backward_hook(lambda m, gin, gout: stem_grads.append(gout[0]))
+    images = torch.randn(2, 3, 128, 128)
+    stem_grads: list[torch.Tensor] = []  # the gradient arriving at the stem's output
+
+    def watch_stem_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        output.register_hook(stem_grads.append)
+
+    mixed.backbone.stem.register_forward_hook(watch_stem_output)
     results = []
     for net, x in ((plain, images), (mixed, images.contiguous(memory_format=CL))):
         cls_scores, bbox_dists = net(x)
