@@ -23,21 +23,10 @@ from rtmdet_exp.experiment.build import MODEL_META_KEYS
 from rtmdet_exp.models.blocks import ConvBNAct, GroupedConv2d
 from rtmdet_exp.models.layout import layout_of, relayout, to_channels_last
 from rtmdet_exp.models.variants import model_config
+from tests.support.batches import make_batch
 
 CL = torch.channels_last
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_batch(seed: int, counts: list[int], size: int, num_classes: int = 10) -> dict[str, torch.Tensor]:
-    """A collate-style batch: image i has ``counts[i]`` boxes, padded to the largest count (label -1)."""
-    g = torch.Generator().manual_seed(seed)
-    b, m = len(counts), max(counts)
-    images = torch.randint(0, 256, (b, 3, size, size), generator=g, dtype=torch.uint8)
-    wh = 8 + torch.rand(b, m, 2, generator=g) * (size / 2)
-    xy = torch.rand(b, m, 2, generator=g) * (size - wh)
-    mask = torch.arange(m)[None, :] < torch.tensor(counts)[:, None]
-    labels = torch.where(mask, torch.randint(0, num_classes, (b, m), generator=g), -1)
-    return {"images": images, "boxes": torch.cat([xy, xy + wh], -1) * mask[..., None], "labels": labels, "mask": mask}
 
 
 def tiny_network(num_classes: int = 3) -> nn.Module:
