@@ -20,9 +20,14 @@ def run_main(cfg: DictConfig) -> dict[str, Any]:
     goes on with the next one. A single run that stops before doing anything (a refused config,
     nothing to resume, a dry run) leaves no run folder behind.
     """
+    from rtmdet_exp.engine import startup
+
+    startup.begin()
+    startup.mark("launch")  # the interpreter, run.py's imports, Hydra composing the config
     from rtmdet_exp.experiment.errors import user_errors
     from rtmdet_exp.experiment.train import train
 
+    startup.mark("imports")  # torch and everything a run needs
     context = LaunchContext.from_hydra()
     try:
         result = train(cfg, context=context)
@@ -35,6 +40,8 @@ def run_main(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(2)
     if cfg.dry_run:
         _clean(context)
+    else:
+        log.info("run finished %.1f s after its start", startup.elapsed())
     return result
 
 

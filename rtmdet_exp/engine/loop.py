@@ -12,14 +12,14 @@ Throughput: the step (:class:`~rtmdet_exp.engine.step.TrainStep`, which also upd
 host sync; the loop reads device values only at logging steps, and checkpoints are copied to host
 memory and written by a background thread (:class:`~rtmdet_exp.engine.checkpoint.BackgroundWriter`),
 so training goes on while the file is serialised and fsynced. The log carries ``perf/startup_s``
-(process start to the end of the first step) and ``perf/val_time_s`` (each validation's wall time).
+(process start to the end of the first step, with its phases: :mod:`rtmdet_exp.engine.startup`) and
+``perf/val_time_s`` (each validation's wall time).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
+from rtmdet_exp.engine import startup
 from rtmdet_exp.engine.checkpoint import (
     BackgroundWriter,
     capture_rng_state,
@@ -134,8 +135,8 @@ class Trainer:
         self._bad: torch.Tensor | None = None  # on-device skip counters, see _track_bad_steps
         self.resumed_from: Path | None = None
         self._writer = BackgroundWriter()
-        self._startup_s: float | None = None  # measured at the first step, logged with the next record
-        self.startup_s: float | None = None  # process start to the end of this process's first step
+        self._startup: dict[str, float] | None = None  # measured at the first step, logged with the next record
+        self.startup_s: float | None = None  # process (or run) start to the end of the first step
         self._first_step_done = False
         self._stream: Iterator[dict[str, Any]] | None = None  # training batches, across epochs
         self._stream_at: tuple[int, int] | None = None  # (epoch, batch) the stream yields next
@@ -256,6 +257,8 @@ class Trainer:
             progress.advance(self.state.batch_in_epoch)
             batches = timer.wrap(self._batches(epoch))
             for batch in batches:
+                if not self._first_step_done:
+                    startup.mark("first_batch")
                 out = self.step(batch)
                 self._after_step(out, batch, timer, epoch, total, progress)
                 if self._terminate:
@@ -273,13 +276,17 @@ class Trainer:
         self._writer.raise_if_failed()
         if not self._first_step_done:
             self._first_step_done = True
-            self._startup_s = self.startup_s = _time_to_first_step(self.step.device)
+            self._startup = startup.finish(self.step.device)
+            self.startup_s = self._startup["perf/startup_s"]
+            if is_main_process():
+                log.info("%s", startup.describe(self._startup))
         at_log = self.state.step % self.settings.log_interval == 0 or self.state.batch_in_epoch == total
         if at_log:
             record = {f"train/{k}": float(v) for k, v in out["losses"].items()}
             record.update({"train/loss": float(out["loss"]), "train/lr": out["lr"], **timer.report()})
-            if self._startup_s is not None:
-                record["perf/startup_s"], self._startup_s = self._startup_s, None
+            if self._startup is not None:
+                record.update(self._startup)
+                self._startup = None
             record["epoch"] = epoch + self.state.batch_in_epoch / max(total, 1)
             self._log(record)
             progress.update(loss=record["train/loss"], lr=out["lr"])
@@ -349,27 +356,6 @@ class Trainer:
         if is_main_process():
             for logger in self.loggers:
                 logger.log_metrics(record, self.state.step)
-
-
-def _time_to_first_step(device: torch.device) -> float:
-    """Seconds from the start of this process to now, after the device has finished (one sync, once)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.time() - _process_start_time()
-
-
-def _process_start_time() -> float:
-    """Wall-clock start of this process (Linux /proc); the import time of this module elsewhere."""
-    try:
-        ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED_AT
-
-
-_IMPORTED_AT = time.time()
 
 
 def _world_size() -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from rtmdet_exp.engine import startup
 from rtmdet_exp.engine.ema import ModelEMA
 from rtmdet_exp.engine.loop import (
     TerminatedError,
@@ -40,6 +41,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, context: LaunchCon
     """Train and evaluate one configuration; returns ``val/mAP_best``, ``val/mAP``..., ``perf/...``."""
     from rtmdet_exp.experiment import register
 
+    startup.begin()
     register()
     ctx = context or LaunchContext.from_hydra()
     check_config(cfg, ctx.sweeper)
@@ -53,6 +55,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, context: LaunchCon
     session = RunSession(Path(run_dir or ctx.run_dir or os.getcwd()), cfg, ctx.overrides, ctx.multirun, rank == 0)
     try:
         decision = session.decide()
+        startup.mark("checks")  # the config checked, the device and the run folder chosen
         return session.finished_summary() if decision == FINISHED else _fit(cfg, session, decision, device, world, ctx)
     finally:
         distributed.teardown()
@@ -62,17 +65,21 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
          ctx: LaunchContext) -> dict[str, Any]:
     seed_everything(int(cfg.seed) + (torch.distributed.get_rank() if world > 1 else 0), cfg.trainer.deterministic)
     detector, augment = build.build_detector(cfg), build.build_augment(cfg)
+    startup.mark("model")
     data = build.build_data(cfg, augment, rank=0 if world == 1 else torch.distributed.get_rank(), world_size=world)
     data.setup()
+    startup.mark("data")  # annotations read and checked (the built-in set generated on its first use)
     bf16, channels_last = build.precision_flags(cfg, device)
     log.info("precision: %s (trainer.precision=%s) on %s%s", "bf16 autocast" if bf16 else "fp32",
              build.plain(cfg.trainer)["precision"], device.type, ", channels_last" if channels_last else "")
     detector.to(device)
     if channels_last:  # NHWC, except the layers that are faster without it on the CPU
         to_channels_last(detector, device)
+    startup.mark("to_device")  # on a GPU, CUDA's initialisation
     mode = build.step_mode(cfg, device)
     step_model = distributed.wrap(detector, device, graphed=mode == "cuda_graph", sync_bn=cfg.trainer.sync_bn)
     optimizer = build.build_optimizer(cfg, detector, world)
+    startup.mark("optimizer")  # torch.optim imports torch._dynamo on first use
     settings = build.loop_settings(cfg, augment.switch_epoch)
     ema = ModelEMA(detector, cfg.trainer.ema.momentum, cfg.trainer.ema.gamma) if cfg.trainer.ema.enabled else None
     total_steps = data.steps_per_epoch * int(cfg.trainer.max_epochs)
@@ -93,6 +100,7 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     if decision == RESUME:
         path, payload = session.load_checkpoint()
         trainer.load(path, payload)
+    startup.mark("step")
     card = recipe_card(cfg, world, data.steps_per_epoch, ctx.overrides)
     log.info("%s", format_card(card))
     session.start(card, data.val_annotation_file)
@@ -100,6 +108,7 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     trainer.loggers = loggers
     trainer.on_validation = [session.on_validation, *_sweep_report(int(cfg.trainer.max_epochs)),
                              *[_images_to(lg, data) for lg in loggers]]
+    startup.mark("loggers")  # the run folder's records, the configured logger, the model's MACs
     summary: dict[str, Any] = {}
     try:
         result = trainer.fit()
