@@ -7,7 +7,9 @@ Measures, on the built-in dataset rendered at 640 px (generated once into bench/
 1. images/s through the full stage-1 pipeline (decode + CachedMosaic + RandomResize + RandomCrop + HSV +
    flip + Pad + CachedMixUp) in this process, i.e. per worker process;
    the same with the images decoded once into memory first (``data.cache_images=true``);
-2. images/s through a DataLoader (batch 8, our collate) for each ``--workers`` count, and per worker;
+2. images/s through a DataLoader (batch 8, our collate, one OpenCV thread per worker as the platform's
+   loaders run) for each ``--workers`` count, and per worker; at the largest count also with the
+   images in RAM, and the same with OpenCV's default thread pool in every worker;
 3. the same two numbers for Ultralytics' YOLO training dataset (Mosaic + RandomPerspective + MixUp at
    640, ``mixup=1.0``) on the same images with YOLO-format labels, when ``ultralytics`` is importable;
    the ratio ours/theirs is printed (target: >= 1.5 per worker);
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -51,6 +54,7 @@ from rtmdet_exp.data.transforms import LetterboxResize  # noqa: E402
 IMG_SIZE = 640
 BATCH = 8
 CACHE = REPO / "bench" / ".cache"
+OPENCV_DEFAULT_THREADS = cv2.getNumThreads()  # before anything here changes it
 PAPER_MS_PER_100 = {"mosaic": {"uncached": 87.1, "cached": 24.0}, "mixup": {"uncached": 19.3, "cached": 12.4}}
 
 
@@ -80,8 +84,14 @@ def time_in_process(get: Any, size: int, count: int, warmup: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def time_loader(dataset: torch.utils.data.Dataset, collate_fn: Any, workers: int, batches: int) -> float:
-    """Images/s of a shuffled DataLoader, timed from the end of the first (warm-up) batches."""
+def time_loader(dataset: torch.utils.data.Dataset, collate_fn: Any, workers: int, batches: int,
+                opencv_threads: int = 1) -> float:
+    """Images/s of a shuffled DataLoader, timed from the end of the first (warm-up) batches.
+
+    ``opencv_threads`` is set before the workers fork (they inherit it): 1 as the platform's loaders
+    set it, or OpenCV's own default.
+    """
+    cv2.setNumThreads(opencv_threads)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=BATCH,
@@ -91,7 +101,10 @@ def time_loader(dataset: torch.utils.data.Dataset, collate_fn: Any, workers: int
         drop_last=True,
         generator=torch.Generator().manual_seed(0),
     )
-    skip = max(2, 2 * workers)  # startup and cache filling in every worker
+    # startup, cache filling in every worker and the batches prefetched meanwhile (2 per worker) are
+    # consumed before the clock starts; then enough batches that the workers' pace decides the rate
+    skip = max(2, 4 * workers)
+    batches = max(batches, 4 * workers)
     it = iter(loader)
     seen = 0
     start = time.perf_counter()
@@ -230,13 +243,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--workers must be >= 0 and --images >= 16")
     count, batches, cache_count = (40, 5, 100) if args.quick else (200, 25, 300)
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # per worker: one thread each, as the platform's loader workers run
 
     t0 = time.perf_counter()
     paths = dataset_paths(args.images)
     gen_s = time.perf_counter() - t0
     ours = CocoDetection(paths["train_images"], paths["train_json"], pipeline=stage1_pipeline())
     n = len(ours)
-    length = BATCH * (batches + 2 * max(args.workers) + 4)
+    length = BATCH * (max(batches, 4 * max(args.workers)) + 4 * max(args.workers) + 4)
 
     results: dict[str, Any] = {"ours": {}, "ultralytics": None}
     results["ours"]["in_process"] = time_in_process(ours.__getitem__, n, count, warmup=20)
@@ -244,6 +258,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cached = CocoDetection(paths["train_images"], paths["train_json"], pipeline=stage1_pipeline())
     cached.cache_images()  # data.cache_images=true: decoded once, before the workers fork
     results["ours"]["in_process_cached"] = time_in_process(cached.__getitem__, n, count, warmup=20)
+    most = max(args.workers)
+    if most > 0:  # the training run's setting, and the same with OpenCV's default thread pool in every worker
+        results["ours"]["loader_cached"] = time_loader(_Resampled(cached, length), collate, most, batches)
+        results["ours"]["loader_cached_cv2_pool"] = time_loader(_Resampled(cached, length), collate, most, batches,
+                                                                OPENCV_DEFAULT_THREADS)
 
     theirs_note = "ultralytics not installed"
     if ultralytics_available():
@@ -272,9 +291,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (f"DataLoader, {w} workers", results["ours"]["loader"][w], theirs and theirs["loader"][w], max(w, 1))
         for w in args.workers
     ]
+    if most > 0:
+        rows += [(f"DataLoader, {most} workers, RAM cache", results["ours"]["loader_cached"], None, most),
+                 (f"  the same, OpenCV threads {OPENCV_DEFAULT_THREADS} per worker",
+                  results["ours"]["loader_cached_cv2_pool"], None, most)]
     print(f"\nstage-1 pipeline at {IMG_SIZE}x{IMG_SIZE}, {n} images, batch {BATCH} ({os.cpu_count()} CPUs; "
           f"theirs: {theirs_note})")
-    print(f"{'measure':<24}{'ours img/s':>12}{'per worker':>12}{'theirs img/s':>14}{'per worker':>12}{'ratio':>8}")
+    print(f"{'measure':<40}{'ours img/s':>12}{'per worker':>12}{'theirs img/s':>14}{'per worker':>12}{'ratio':>8}")
     table = []
     for name, ips, tips, per in rows:
         ratio = ips / tips if tips else None
@@ -282,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       "theirs_ips": tips, "theirs_per_worker": tips / per if tips else None, "ratio": ratio})
         theirs_cols = (f"{_fmt(tips):>14}{_fmt(tips / per if tips else None):>12}{_fmt(ratio, '.2f'):>8}"
                        if theirs and tips else f"{'-' if theirs else 'ultralytics not installed':>34}")
-        print(f"{name:<24}{ips:>12.1f}{ips / per:>12.1f}{theirs_cols}")
+        print(f"{name:<40}{ips:>12.1f}{ips / per:>12.1f}{theirs_cols}")
     print(f"\n{'cache (ms / 100 images)':<24}{'uncached':>10}{'cached':>10}{'speed-up':>10}{'paper':>18}")
     for key in ("mosaic", "mixup"):
         c, p = cache[key], PAPER_MS_PER_100[key]

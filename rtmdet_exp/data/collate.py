@@ -15,7 +15,7 @@ __all__ = ["collate"]
 _REQUIRED = ("img", "boxes", "labels", "image_id")
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[dict], meta: bool = True) -> dict:
     """Stack a list of sample dicts into a batch dict.
 
     Returns ``images`` uint8 ``[B, 3, H, W]`` (channel order kept, i.e. BGR), ``boxes`` float32
@@ -24,6 +24,8 @@ def collate(samples: list[dict]) -> dict:
     ``scale_factor`` float32 ``[B, 2]`` (sx, sy), ``pad_offset`` float32 ``[B, 2]`` (left, top).
     Samples without the eval keys get identity values: scale 1, no padding offset, and
     ``img_shape`` = the image's shape. Images must already share one size (pad them first).
+    ``meta=False`` (training batches, which never read it) leaves ``meta`` out: each tensor a loader
+    worker sends costs the receiving process a file-descriptor handshake (~0.3 ms).
     """
     if not samples:
         raise ValueError("collate needs at least one sample, got an empty list")
@@ -55,17 +57,19 @@ def collate(samples: list[dict]) -> dict:
         labels[i, : len(lb)] = lb
     mask = np.arange(m)[None, :] < counts[:, None]  # [B, M]
 
-    meta = {
+    batch = {
+        "images": torch.from_numpy(imgs),
+        "boxes": torch.from_numpy(boxes),
+        "labels": torch.from_numpy(labels),
+        "mask": torch.from_numpy(mask),
+    }
+    if not meta:
+        return batch
+    batch["meta"] = {
         "image_id": torch.tensor([int(s["image_id"]) for s in samples], dtype=torch.int64),
         "ori_shape": torch.tensor([tuple(s.get("ori_shape", (h, w))) for s in samples], dtype=torch.int64),
         "img_shape": torch.tensor([tuple(s.get("img_shape", (h, w))) for s in samples], dtype=torch.int64),
         "scale_factor": torch.tensor([tuple(s.get("scale_factor", (1.0, 1.0))) for s in samples], dtype=torch.float32),
         "pad_offset": torch.tensor([tuple(s.get("pad_offset", (0.0, 0.0))) for s in samples], dtype=torch.float32),
     }
-    return {
-        "images": torch.from_numpy(imgs),
-        "boxes": torch.from_numpy(boxes),
-        "labels": torch.from_numpy(labels),
-        "mask": torch.from_numpy(mask),
-        "meta": meta,
-    }
+    return batch

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from torch.utils.data import DataLoader
 
@@ -33,6 +35,17 @@ def ignore_sigterm(worker_id: int) -> None:
     Ignoring it is safe: workers exit by themselves once the main process is gone.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def one_opencv_thread() -> None:
+    """One OpenCV thread in this process and so in the loader workers it forks next.
+
+    OpenCV spreads resizes, warps and colour conversions over every core by default; in N workers
+    that is N pools of threads on the same cores (Ultralytics and mmcv set the same limit). It is set
+    before the workers fork because a worker cannot set it itself: ``cv2.setNumThreads`` in a forked
+    child waits forever on the lock of the parent's thread pool.
+    """
+    cv2.setNumThreads(1)
 
 
 class DataModule:
@@ -168,6 +181,8 @@ class DataModule:
         """
         self.sampler.set_epoch(epoch, start_batch, end_epoch, max_batches)
         workers = 0 if in_process else self.num_workers
+        if workers > 0:
+            one_opencv_thread()
         if workers not in self._train_loaders:
             if self._train_set is None:
                 self._train_set = AugmentedDataset(self.train_set, self.augment, self.sampler, lanes=self.num_workers)
@@ -176,7 +191,7 @@ class DataModule:
                 batch_size=self.batch_size,
                 sampler=self.sampler,
                 num_workers=workers,
-                collate_fn=collate,
+                collate_fn=partial(collate, meta=False),
                 pin_memory=self.pin_memory,
                 drop_last=True,
                 persistent_workers=workers > 0,
@@ -187,6 +202,8 @@ class DataModule:
 
     def val_loader(self) -> DataLoader:
         """Validation loader in a fixed order (letterboxed to ``img_size``)."""
+        if self.num_workers > 0:
+            one_opencv_thread()
         return DataLoader(
             self.val_set,
             batch_size=self.val_batch_size,

@@ -126,3 +126,47 @@ def test_one_loader_across_epochs_makes_each_epochs_batches() -> None:
     assert len(per_epoch) == 2 + 3 * 5
     cut = batches(data.train_loader(2, end_epoch=4, max_batches=2))  # limit_train_batches cuts every epoch
     assert_same(cut, per_epoch[2 + 5:2 + 5 + 2] + per_epoch[2 + 10:2 + 10 + 2])
+
+
+def test_training_batches_leave_out_what_only_validation_reads(reference: list) -> None:
+    """Each tensor a worker sends costs the main process a handshake: a training batch holds the
+    four the step reads; validation batches keep ``meta`` (scales and ids for the evaluator)."""
+    data = data_module()
+    train_batch = next(iter(data.train_loader(0)))
+    val_batch = next(iter(data.val_loader()))
+    assert set(train_batch) == {"images", "boxes", "labels", "mask"}
+    assert set(val_batch) == {"images", "boxes", "labels", "mask", "meta"}
+    assert set(val_batch["meta"]) == {"image_id", "ori_shape", "img_shape", "scale_factor", "pad_offset"}
+
+
+def test_loader_workers_run_one_opencv_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker runs OpenCV on one thread (N workers x a pool per core oversubscribe the CPU), also
+    when the main process had a pool running: a worker that set the limit itself would wait forever
+    on the parent's pool lock, which the loader's timeout turns into an error here."""
+    import cv2
+    import numpy as np
+
+    from rtmdet_exp.data import datamodule
+
+    seen, collate = [], datamodule.collate
+
+    def collate_noting_threads(samples: list, **kwargs: bool) -> dict:
+        return {**collate(samples, **kwargs), "opencv_threads": torch.tensor(cv2.getNumThreads())}
+
+    monkeypatch.setattr(datamodule, "collate", collate_noting_threads)
+    data = data_module()  # (generating the data set may set OpenCV's threads: set them after it)
+    cv2.setNumThreads(4)
+    cv2.warpAffine(np.zeros((512, 512, 3), np.uint8), np.eye(2, 3, dtype=np.float32), (256, 256))  # pool started
+    try:
+        for loader in (data.train_loader(0), data.val_loader()):
+            loader.timeout = 30
+            batches = iter(loader)
+            try:
+                seen += [int(b["opencv_threads"]) for b in batches]
+            except RuntimeError:  # timed out: workers stuck on a lock never exit by themselves
+                for worker in batches._workers:
+                    worker.kill()
+                raise
+    finally:
+        cv2.setNumThreads(-1)  # OpenCV's default again for the other tests
+    assert len(seen) == 6 + 1 and set(seen) == {1}
