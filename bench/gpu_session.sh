@@ -2,7 +2,7 @@
 # The GPU benchmark session, as one device command of at most 10 minutes (several GPUs when lent):
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
-#   bash bench/gpu_session.sh part1b|pool|compile1|compile1c|compile3   (narrower calls; each part says what it runs)
+#   bash bench/gpu_session.sh part1b|pool|compile1|compile1c|compile3|final   (narrower calls; each part says what it runs)
 #   bash bench/gpu_session.sh screen     (the CPU-default recipe candidates of bench/recipes.txt, under MPS;
 #                                         seeds 0 1 2, or SEEDS="0 1 2 3 4 5")
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
@@ -31,6 +31,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 # bytecode, as a normal pip install writes it (--no-compile above skips it; without it every run's start-up
 # compiles ~1,800 sources again, ~5 s on these hosts)
 python3 -m compileall -q -j 0 .site rtmdet_exp hydra_plugins > /dev/null 2>&1
+# the same for the host's own packages (torch, sympy, ...): they come without bytecode and the host sets
+# PYTHONDONTWRITEBYTECODE, so every process compiled ~2,200 modules again (~4.7 s of each run's start-up)
+python3 -m compileall -q -j 0 "$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')" \
+  > /dev/null 2>&1
 export PYTHONPATH=$PWD/.site:$PWD WANDB_MODE=disabled PYTHONUNBUFFERED=1 RTMDET_DATA=/tmp/rtmdet_data
 export YOLO_OFFLINE=1 YOLO_VERBOSE=False
 
@@ -147,6 +151,16 @@ if [[ $PART == compile3 ]]; then  # the step with the network compiled, latency 
   run 230 train_step python3 bench/train_step.py --modes cuda_graph cuda_graph+compile --out "$OUT/train_step.json"
   run 240 latency python3 bench/latency.py --iters 50 --train-steps 200 --out "$OUT/latency.json"
   run 80 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --out "$OUT/short.json"
+fi
+if [[ $PART == final ]]; then  # the compiled step and loop (images in RAM), then short runs, each logging its start-up
+  run 200 train_step python3 bench/train_step.py --modes cuda_graph+compile --out "$OUT/train_step.json"
+  run 240 e2e python3 bench/throughput.py --case e2e --modes cuda_graph+compile --workers "$WORKERS" \
+    --override data.cache_images=true --bare "$OUT/train_step.json" --out "$OUT/e2e.json"
+  for i in 1 2; do
+    run 60 "short_$i" python3 bench/throughput.py --case short --modes cuda_graph --lean-only --work "/tmp/short_$i" \
+      --out "$OUT/short_$i.json"
+    grep -h "start-up\|finished" /tmp/short_$i/*.log
+  done
 fi
 if [[ $PART == pool ]]; then  # where a short run's start-up goes (cProfile), then the 12-run study
   mkdir -p /tmp/prof
