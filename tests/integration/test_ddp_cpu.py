@@ -66,7 +66,8 @@ WORKER = textwrap.dedent("""
     for batch in data.train_loader(0):
         out = step(batch)
         loss = out["loss"].clone()
-        ids = batch["meta"]["image_id"].clone()
+        pixels = batch["images"].flatten(1).long()  # which images (training batches carry no ids): a
+        ids = (pixels * torch.arange(1, pixels.shape[1] + 1)).sum(1)  # position-weighted checksum each
         if world > 1:
             dist.all_reduce(loss)
             loss /= world
