@@ -8,7 +8,7 @@ step and logs the phases once (``perf/startup_s`` and ``startup/<phase>_s``).
 
 The first run of a process counts from the process start (Linux ``/proc``; this module's import
 elsewhere); a later run in the same process (an in-process multirun, tests) counts from its own
-:func:`begin`.
+:func:`begin`, also after a run that ended before its first step (:func:`end`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class StartupClock:
         self.done = False
         self._last = origin
 
-    def mark(self, phase: str, now: float | None = None) -> None:
+    def mark(self, phase: str) -> None:
         """End ``phase`` now: the time since the previous mark is its."""
-        now = time.time() if now is None else now
+        now = time.time()
         self.phases[phase] = self.phases.get(phase, 0.0) + max(now - self._last, 0.0)
         self._last = now
 
@@ -71,6 +71,11 @@ def begin() -> None:
     global _clock
     if _clock.done:
         _clock = StartupClock(time.time())
+
+
+def end() -> None:
+    """A run ended, at whatever point: the next :func:`begin` in this process starts a new clock."""
+    _clock.done = True
 
 
 def mark(phase: str) -> None:

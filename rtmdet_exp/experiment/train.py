@@ -39,9 +39,16 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None, context: LaunchContext | None = None) -> dict[str, Any]:
     """Train and evaluate one configuration; returns ``val/mAP_best``, ``val/mAP``..., ``perf/...``."""
+    startup.begin()
+    try:
+        return _train(cfg, run_dir, context)
+    finally:
+        startup.end()  # a next run in this process, however this one ended, times its own start-up
+
+
+def _train(cfg: DictConfig, run_dir: str | Path | None, context: LaunchContext | None) -> dict[str, Any]:
     from rtmdet_exp.experiment import register
 
-    startup.begin()
     register()
     ctx = context or LaunchContext.from_hydra()
     check_config(cfg, ctx.sweeper)

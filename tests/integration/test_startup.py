@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, compose, train_records
 
+from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.experiment.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,12 +37,18 @@ def test_a_run_logs_its_start_up_by_phase(uninterrupted_run: Path) -> None:
 
 def test_a_second_run_in_one_process_counts_its_own_start_up(tmp_path: Path) -> None:
     """In-process runs (tests, a sweep's jobs): the first counts from the process start, the next from
-    its own call: its start-up is shorter than the call itself, and it has no launch/imports phases."""
+    its own call, also after a run refused before its first step: its start-up is shorter than the
+    call itself, and it has no launch/imports phases."""
     settings = (*TINY, "trainer.max_epochs=1")
     train(compose(*settings), run_dir=tmp_path / "a")
+    with pytest.raises(ConfigError):
+        train(compose(*settings, "optim.lr=-1"), run_dir=tmp_path / "refused")
+    gap = 3.0
+    time.sleep(gap)  # a clock left running since the refused run would count this in the next run's first phase
     started = time.time()
     second = train(compose(*settings), run_dir=tmp_path / "b")
     wall = time.time() - started
     assert 0 < second["perf/startup_s"] < wall
     first_record = train_records(tmp_path / "b")[0]
     assert [k[len("startup/"):-2] for k in first_record if k.startswith("startup/")] == PHASES[2:]
+    assert first_record["startup/checks_s"] < gap
