@@ -36,16 +36,16 @@ def dry_run(cfg: DictConfig, card: dict[str, Any]) -> dict[str, Any]:
     return {"dry_run": True, "perf/params": params, "recipe": card}
 
 
-def start_loggers(cfg: DictConfig, session: RunSession, trainer: Trainer, detector: Any,
+def start_loggers(cfg: DictConfig, session: RunSession, trainer: Trainer, cost: dict[str, float],
                   ctx: LaunchContext) -> list[Logger]:
-    """The run's metrics.jsonl plus the configured logger, started with the flat config and tags; each
-    guarded, so that a failing one is switched off with a warning instead of ending the run."""
+    """The run's metrics.jsonl plus the configured logger, started with the flat config, the model's
+    ``cost`` (:func:`model_cost`) and tags; each guarded, so that a failing one is switched off with a
+    warning instead of ending the run."""
     resumed = trainer.resumed_from is not None
     jsonl = JsonlLogger(session.run_dir / rundir.METRICS, resume_step=trainer.state.step if resumed else None,
                         redo_validation=trainer.state.pending_validation)
     loggers: list[Logger] = [Guarded(jsonl), Guarded(build.build_logger(cfg))]
     flat = rundir.flatten(session.record_config())
-    cost = model_cost(detector, int(cfg.data.img_size))
     flat.update(cost)
     name = session.record.get("run_name", "default")
     for logger in loggers:
@@ -63,13 +63,14 @@ def model_cost(detector: Any, img_size: int) -> dict[str, float]:
 
 
 def final_summary(cfg: DictConfig, trainer: Trainer, result: ValidationResult | None, detector: Any,
-                  data: Any) -> tuple[dict[str, Any], dict[str, float]]:
-    """The run's final metrics (last validation, best mAP, cost, time, throughput) and per-class AP."""
+                  data: Any, cost: dict[str, float]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The run's final metrics (last validation, best mAP, ``cost``, latency, time, throughput) and
+    per-class AP."""
     if result is None:  # resumed a run whose training had ended: validate once more for the record
         result = trainer.validate(trainer.ema.module if trainer.ema else detector)
     state = trainer.state
     summary = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    summary.update(model_cost(detector, int(cfg.data.img_size)))
+    summary.update(cost)
     summary.update(cost_metrics(detector, int(cfg.data.img_size), trainer.step.device, summary["perf/macs"]))
     summary.update({
         "val/mAP_best": max(state.best_map, 0.0),

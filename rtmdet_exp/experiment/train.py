@@ -30,7 +30,12 @@ from rtmdet_exp.experiment.checks import check_config
 from rtmdet_exp.experiment.context import LaunchContext
 from rtmdet_exp.experiment.errors import ConfigError
 from rtmdet_exp.experiment.recipe import format_card, recipe_card
-from rtmdet_exp.experiment.results import dry_run, final_summary, start_loggers
+from rtmdet_exp.experiment.results import (
+    dry_run,
+    final_summary,
+    model_cost,
+    start_loggers,
+)
 from rtmdet_exp.experiment.session import FINISHED, RESUME, RunSession
 from rtmdet_exp.models.layout import to_channels_last
 
@@ -111,7 +116,8 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     card = recipe_card(cfg, world, data.steps_per_epoch, ctx.overrides)
     log.info("%s", format_card(card))
     session.start(card, data.val_annotation_file)
-    loggers = start_loggers(cfg, session, trainer, detector, ctx) if is_main_process() else []
+    cost = model_cost(detector, int(cfg.data.img_size)) if is_main_process() else {}  # counted once per run
+    loggers = start_loggers(cfg, session, trainer, cost, ctx) if is_main_process() else []
     trainer.loggers = loggers
     trainer.on_validation = [session.on_validation, *_sweep_report(int(cfg.trainer.max_epochs)),
                              *[_images_to(lg, data) for lg in loggers]]
@@ -120,7 +126,7 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     try:
         result = trainer.fit()
         if is_main_process():
-            summary, per_class = final_summary(cfg, trainer, result, detector, data)
+            summary, per_class = final_summary(cfg, trainer, result, detector, data, cost)
             session.finish(summary, per_class)
         return summary
     except TerminatedError as err:
