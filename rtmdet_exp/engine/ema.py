@@ -44,6 +44,22 @@ def _named_tensors(model: nn.Module) -> dict[str, Tensor]:
     return tensors
 
 
+def lerp_(avg: list[Tensor], src: list[Tensor], weight: Tensor, per_tensor: bool) -> None:
+    """``avg += weight * (src - avg)`` for every pair, with a 0-d device ``weight`` (no host read).
+
+    ``per_tensor``: one ``lerp`` per tensor, for the CPU, which runs foreach ops tensor by tensor (a
+    third of the ops of the three-pass form: the EMA update 8.9 -> 3.4 ms per step of the default run).
+    Otherwise three multi-tensor passes (sub, mul, add), which a GPU runs as a few fused kernels; a
+    lerp with a tensor weight would fall back to one kernel per tensor there.
+    """
+    if per_tensor:
+        torch._foreach_lerp_(avg, src, [weight] * len(avg))
+        return
+    delta = torch._foreach_sub(src, avg)
+    torch._foreach_mul_(delta, weight)
+    torch._foreach_add_(avg, delta)
+
+
 class ModelEMA:
     """Averaged copy of a model, updated after every optimiser step.
 
@@ -122,9 +138,7 @@ class ModelEMA:
             self._started = True
         elif self._float_avg:
             weight = self._momentum_tensor(skip).to(self._float_avg[0].dtype)
-            delta = torch._foreach_sub(float_src, self._float_avg)
-            torch._foreach_mul_(delta, weight)
-            torch._foreach_add_(self._float_avg, delta)
+            lerp_(self._float_avg, float_src, weight, per_tensor=weight.device.type == "cpu")
         if self._other_avg:
             torch._foreach_copy_(self._other_avg, other_src)
         self._t.add_(1.0)

@@ -31,7 +31,7 @@ from rtmdet_exp.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from rtmdet_exp.engine.ema import ModelEMA
+from rtmdet_exp.engine.ema import ModelEMA, lerp_
 from rtmdet_exp.engine.evaluator import STAT_KEYS, CocoEvaluator
 from rtmdet_exp.engine.optim import adamw, param_groups, scale_lr, sgd
 from rtmdet_exp.engine.schedule import FlatCosineSchedule, build_scheduler
@@ -233,6 +233,22 @@ def test_ema_two_and_three_updates_by_hand() -> None:
     assert ema.module[0].weight.item() == pytest.approx((1.0 + m1 * 2.0) * (1.0 - m2), rel=1e-6)
     assert ema.steps == 3
     assert w.item() == 0.0  # the source model is untouched
+
+
+@pytest.mark.parametrize("per_tensor", [True, False], ids=["per_tensor", "multi_tensor"])
+def test_ema_lerp_both_forms_match_the_formula(per_tensor: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    avg = [torch.randn(4, 3, 3, 3, generator=gen), torch.randn(7, generator=gen)]
+    avg[0] = avg[0].contiguous(memory_format=torch.channels_last)  # conv weights may be channels_last
+    src = [torch.randn(4, 3, 3, 3, generator=gen), torch.randn(7, generator=gen)]
+    expected = [(a.double() + 0.3 * (s.double() - a.double())) for a, s in zip(avg, src)]
+    lerp_(avg, src, torch.tensor(0.3), per_tensor=per_tensor)
+    for got, want in zip(avg, expected):
+        torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    kept = [a.clone() for a in avg]
+    lerp_(avg, src, torch.tensor(0.0), per_tensor=per_tensor)  # a skipped step: weight 0
+    for got, want in zip(avg, kept):
+        assert torch.equal(got, want)
 
 
 def test_ema_state_dict_round_trip_and_wrapped_model() -> None:
