@@ -1,8 +1,9 @@
 """The default run's training step on the CPU, as the platform runs it and with the layouts it replaced.
 
     python bench/cpu_step.py [--steps 30] [--out bench/results/cpu_step.json] [overrides ...]
+    python bench/cpu_step.py --batches 8 10 16 [--rounds 8 --block-s 3]   # cost per image by batch size
 
-Builds the quickstart recipe's step (rtmdet_tiny, batch 8, 256 px, bf16 autocast where the CPU has
+Builds the quickstart recipe's step (rtmdet_tiny, 10 classes, batch 10, 256 px, bf16 autocast where the CPU has
 AMX or AVX512-BF16) once per variant and times the variants step by step in turn, so that a change
 in the machine's speed (this 2-core machine drifts by 20-30% within minutes) hits all of them alike:
 
@@ -14,6 +15,10 @@ in the machine's speed (this 2-core machine drifts by 20-30% within minutes) hit
 
 Prints median, lower quartile and minimum seconds per step and each variant's speed against the
 old step (by median); writes JSON. Findings: bench/NOTES.md, "The CPU step".
+
+``--batches``: the platform's step at each batch size, run in turn for ``--block-s`` seconds each over
+``--rounds`` rounds; prints the milliseconds per image of every round and the median ratio of each batch
+size's cost per image to the first one's (a step has a fixed cost, so larger batches cost less per image).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from train_step import NUM_CLASSES, synthetic_batches  # noqa: E402
+from train_step import synthetic_batches  # noqa: E402
 
 from rtmdet_exp.engine.ema import ModelEMA  # noqa: E402
 from rtmdet_exp.engine.step import TrainStep  # noqa: E402
@@ -48,7 +53,7 @@ VARIANTS = ("platform", "all channels_last", OLD, "NCHW")
 
 def make_step(variant: str, overrides: list[str]) -> TrainStep:
     """The quickstart's TrainStep on the CPU with ``variant``'s layout and depthwise precision."""
-    cfg = compose([f"data.num_classes={NUM_CLASSES}", *overrides])
+    cfg = compose(overrides)  # the built-in dataset's 10 classes, as the default run
     device = torch.device("cpu")
     torch.manual_seed(0)
     detector = build.build_detector(cfg)
@@ -70,16 +75,56 @@ def make_step(variant: str, overrides: list[str]) -> TrainStep:
     return step
 
 
+def per_image_by_batch(batch_sizes: list[int], rounds: int, block_s: float, overrides: list[str]) -> dict[str, Any]:
+    """Seconds per image of the platform step at each batch size, in interleaved time blocks."""
+    steps = {b: make_step("platform", [*overrides, f"data.batch_size={b}"]) for b in batch_sizes}
+    data = compose(overrides).data
+    batches = {b: synthetic_batches(4, b, int(data.img_size), torch.device("cpu"), num_classes=int(data.num_classes))
+               for b in batch_sizes}
+    for b in batch_sizes:
+        for i in range(3):
+            steps[b](batches[b][i])
+    per_round: list[dict[int, float]] = []
+    for r in range(rounds):
+        costs = {}
+        for b in batch_sizes:
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < block_s:
+                steps[b](batches[b][n % 4])
+                n += 1
+            costs[b] = (time.perf_counter() - start) / (n * b)
+        per_round.append(costs)
+        print(f"round {r}: " + ", ".join(f"batch {b} {c * 1e3:.1f} ms/image" for b, c in costs.items()), flush=True)
+    first = batch_sizes[0]
+    ratios = {b: statistics.median(c[b] / c[first] for c in per_round) for b in batch_sizes}
+    print(f"cost per image against batch {first} (median of {rounds} rounds): "
+          + ", ".join(f"batch {b} {ratio:.3f}" for b, ratio in ratios.items()))
+    return {"batch_sizes": batch_sizes, "rounds": [{str(b): c for b, c in r.items()} for r in per_round],
+            "ratio_vs_first": {str(b): v for b, v in ratios.items()}, "block_s": block_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant (interleaved)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", help="compare the cost per image at these batch sizes")
+    parser.add_argument("--rounds", type=int, default=8, help="--batches: rounds of blocks")
+    parser.add_argument("--block-s", type=float, default=3.0, help="--batches: seconds per batch size and round")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "cpu_step.json"))
     parser.add_argument("overrides", nargs="*", help="config overrides on top of the quickstart recipe")
     args = parser.parse_args()
+    if args.batches:
+        result = per_image_by_batch(args.batches, args.rounds, args.block_s, args.overrides)
+        out = Path(args.out).with_name("cpu_batch.json") if args.out.endswith("cpu_step.json") else Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                   "overrides": args.overrides}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     steps = {v: make_step(v, args.overrides) for v in VARIANTS}
-    cfg = compose([f"data.num_classes={NUM_CLASSES}", *args.overrides])
-    batches = synthetic_batches(4, int(cfg.data.batch_size), int(cfg.data.img_size), torch.device("cpu"))
+    cfg = compose(args.overrides)
+    batches = synthetic_batches(4, int(cfg.data.batch_size), int(cfg.data.img_size), torch.device("cpu"),
+                                num_classes=int(cfg.data.num_classes))
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for i in range(args.warmup + args.steps):
         for variant, step in steps.items():

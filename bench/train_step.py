@@ -43,7 +43,8 @@ TARGET_VS_YOLOV8S = 1.55
 NUM_CLASSES = 80
 
 
-def synthetic_batches(count: int, batch: int, size: int, device: torch.device, seed: int = 0) -> list[dict]:
+def synthetic_batches(count: int, batch: int, size: int, device: torch.device, seed: int = 0,
+                      num_classes: int = NUM_CLASSES) -> list[dict]:
     """``count`` collate-style batches on ``device``: uint8 images, 8..30 boxes per image (padded, label -1)."""
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -53,7 +54,7 @@ def synthetic_batches(count: int, batch: int, size: int, device: torch.device, s
         wh = 16 + torch.rand(batch, m, 2, generator=g) * (size / 3)
         xy = torch.rand(batch, m, 2, generator=g) * (size - wh)
         mask = torch.arange(m)[None, :] < counts[:, None]
-        labels = torch.where(mask, torch.randint(0, NUM_CLASSES, (batch, m), generator=g), -1)
+        labels = torch.where(mask, torch.randint(0, num_classes, (batch, m), generator=g), -1)
         images = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
         cpu = {"images": images, "boxes": torch.cat([xy, xy + wh], -1) * mask[..., None], "labels": labels,
                "mask": mask}
