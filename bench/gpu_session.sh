@@ -3,6 +3,7 @@
 #   bash bench/gpu_session.sh [part1|part2|part3]   (the benchmarks below; all three parts by default,
 #                                                     one part per device call of at most 10 minutes)
 #   bash bench/gpu_session.sh part1b|pool|compile1|compile1c|compile3|final   (narrower calls; each part says what it runs)
+#   bash bench/gpu_session.sh check      (the graphed bare step, the EMA update's two forms, a short run)
 #   bash bench/gpu_session.sh screen     (the CPU-default recipe candidates of bench/recipes.txt, under MPS;
 #                                         seeds 0 1 2, or SEEDS="0 1 2 3 4 5")
 #   bash bench/gpu_session.sh pool_mps   (the 12-run study in the pool with its MPS daemon, then the candidates)
@@ -161,6 +162,13 @@ if [[ $PART == final ]]; then  # the compiled step and loop (images in RAM), the
       --out "$OUT/short_$i.json"
     grep -h "start-up\|finished" /tmp/short_$i/*.log
   done
+fi
+if [[ $PART == check ]]; then  # after a change to the step: the graphed bare step, the EMA forms, one short run
+  run 150 train_step python3 bench/train_step.py --modes cuda_graph --out "$OUT/train_step.json"
+  run 60 ema_update python3 bench/ema_update.py --out "$OUT/ema_update.json"
+  run 60 short python3 bench/throughput.py --case short --modes cuda_graph --lean-only --work /tmp/short \
+    --out "$OUT/short.json"
+  grep -h "start-up\|finished" /tmp/short/*.log
 fi
 if [[ $PART == pool ]]; then  # where a short run's start-up goes (cProfile), then the 12-run study
   mkdir -p /tmp/prof
