@@ -110,12 +110,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="compare the cost per image at these batch sizes")
     parser.add_argument("--rounds", type=int, default=8, help="--batches: rounds of blocks")
     parser.add_argument("--block-s", type=float, default=3.0, help="--batches: seconds per batch size and round")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "cpu_step.json"))
+    parser.add_argument("--out", help="JSON file (default bench/results/cpu_step.json, with --batches cpu_batch.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides on top of the quickstart recipe")
     args = parser.parse_args()
     if args.batches:
         result = per_image_by_batch(args.batches, args.rounds, args.block_s, args.overrides)
-        out = Path(args.out).with_name("cpu_batch.json") if args.out.endswith("cpu_step.json") else Path(args.out)
+        out = Path(args.out or REPO / "bench" / "results" / "cpu_batch.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**result, "torch": torch.__version__, "threads": torch.get_num_threads(),
                                    "overrides": args.overrides}, indent=2) + "\n")
@@ -145,7 +145,7 @@ def main() -> None:
     print(f"{'variant':36s} {'median s':>9s} {'p25 s':>7s} {'min s':>7s} {'vs old':>7s}")
     for r in rows:
         print(f"{r['variant']:36s} {r['median_s']:9.3f} {r['p25_s']:7.3f} {r['min_s']:7.3f} {r['speedup_vs_old']:6.2f}x")
-    out = Path(args.out)
+    out = Path(args.out or REPO / "bench" / "results" / "cpu_step.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "steps": args.steps, "bf16": bf16, "threads": torch.get_num_threads(),
                                "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
