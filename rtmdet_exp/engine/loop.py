@@ -41,7 +41,7 @@ from rtmdet_exp.engine.checkpoint import (
 )
 from rtmdet_exp.engine.ema import ModelEMA, unwrap_model
 from rtmdet_exp.engine.loggers import Logger
-from rtmdet_exp.engine.progress import EpochProgress
+from rtmdet_exp.engine.progress import EpochProgress, RunClock
 from rtmdet_exp.engine.step import StepTimer, TrainStep
 from rtmdet_exp.engine.validation import ValidationResult
 
@@ -140,6 +140,7 @@ class Trainer:
         self._first_step_done = False
         self._stream: Iterator[dict[str, Any]] | None = None  # training batches, across epochs
         self._stream_at: tuple[int, int] | None = None  # (epoch, batch) the stream yields next
+        self._clock: RunClock | None = None  # the run's remaining training time, for the log
 
     # ------------------------------------------------------------------------------ checkpoints
     def payload(self) -> dict[str, Any]:
@@ -204,9 +205,15 @@ class Trainer:
         result = None
         if self.state.pending_validation:  # resumed from a checkpoint whose validation never finished
             result = self._validate()
+        self._clock = RunClock(self.settings.max_epochs * self.epoch_length())
         while self.state.epoch < self.settings.max_epochs:
+            trained_s = self.state.train_time_s
             self._train_epoch(self.state.epoch)
             self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            line = self._clock.epoch_end(self.state.epoch, self.settings.max_epochs, self.state.step,
+                                         self.state.train_time_s - trained_s)
+            if line and is_main_process():
+                log.info("%s", line)
             due = self._validation_due(self.state.epoch)
             self.state.pending_validation = due
             if due or self.state.epoch % self.settings.checkpoint_interval == 0 or self._last_epoch():
@@ -280,6 +287,12 @@ class Trainer:
             self.startup_s = self._startup["perf/startup_s"]
             if is_main_process():
                 log.info("%s", startup.describe(self._startup))
+            if self._clock is not None:
+                self._clock.start(self.state.step)
+        elif self._clock is not None and is_main_process():
+            line = self._clock.early(self.state.step)
+            if line:
+                log.info("%s", line)
         at_log = self.state.step % self.settings.log_interval == 0 or self.state.batch_in_epoch == total
         if at_log:
             record = {f"train/{k}": float(v) for k, v in out["losses"].items()}

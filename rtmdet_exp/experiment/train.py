@@ -82,8 +82,11 @@ def _fit(cfg: DictConfig, session: RunSession, decision: str, device: torch.devi
     data.setup()
     startup.mark("data")  # annotations read and checked (the built-in set generated on its first use)
     bf16, channels_last = build.precision_flags(cfg, device)
-    log.info("precision: %s (trainer.precision=%s) on %s%s", "bf16 autocast" if bf16 else "fp32",
-             build.plain(cfg.trainer)["precision"], device.type, ", channels_last" if channels_last else "")
+    precision = build.plain(cfg.trainer)["precision"]
+    why = "; this CPU has neither AMX nor AVX512-BF16, so bf16 would be emulated and slower" \
+        if precision == "fast" and device.type == "cpu" and not bf16 else ""
+    log.info("precision: %s (trainer.precision=%s%s) on %s%s", "bf16 autocast" if bf16 else "fp32", precision, why,
+             device.type, ", channels_last" if channels_last else "")
     detector.to(device)
     if channels_last:  # NHWC, except the layers that are faster without it on the CPU
         to_channels_last(detector, device)

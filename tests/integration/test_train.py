@@ -10,6 +10,7 @@ step counts the settings imply, an uninterrupted twin run), never from the code 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -38,13 +39,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
-def test_short_training_lowers_the_loss(tmp_path: Path) -> None:
+def test_short_training_lowers_the_loss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """24 steps on the same 8 images (``debug=overfit``) at 64 px with the default model, assigner
     and losses: the mean loss of the last 3 steps is below 0.7 of the first 3 (it is about 0.5),
-    and the run leaves a metrics file and loadable checkpoints."""
+    and the run leaves a metrics file and loadable checkpoints, and its log the last epoch's line."""
     cfg = compose("debug=overfit", "data.img_size=64", "trainer.max_epochs=24", "trainer.device=cpu",
                   "model.backbone.widen_factor=0.125")
-    summary = train(cfg, run_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="rtmdet_exp.engine.loop"):
+        summary = train(cfg, run_dir=tmp_path)
+    assert "epoch 24/24 done in " in caplog.text and "(step 24 of 24, " in caplog.text
 
     records = train_records(tmp_path)
     assert [r["step"] for r in records] == list(range(1, 25))  # 8 images, batch 8: one step per epoch

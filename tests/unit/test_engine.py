@@ -34,7 +34,54 @@ from rtmdet_exp.engine.checkpoint import (
 from rtmdet_exp.engine.ema import ModelEMA, lerp_
 from rtmdet_exp.engine.evaluator import STAT_KEYS, CocoEvaluator
 from rtmdet_exp.engine.optim import adamw, param_groups, scale_lr, sgd
+from rtmdet_exp.engine.progress import RunClock
 from rtmdet_exp.engine.schedule import FlatCosineSchedule, build_scheduler
+
+# ----------------------------------------------------------------------------- run clock
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_run_clock_estimates_and_lines_by_hand() -> None:
+    """A 1,200-step run timed from step 1: 20 more steps in 20 s is 1 s a step, so 1,179 steps (19.65 min)
+    are left at step 21; epoch lines come at most every 60 s, and always after the last epoch."""
+    clock = _FakeClock()
+    run = RunClock(total_steps=1200, early_steps=20, every_s=60.0, clock=clock)
+    assert run.estimate(1) is None and run.early(30) is None  # not started
+    run.start(1)
+    clock.now += 19.0
+    assert run.early(20) is None  # 19 steps since the start: too early
+    clock.now += 1.0
+    per_step, left = run.estimate(21)
+    assert per_step == pytest.approx(1.0) and left == pytest.approx(1179.0)
+    assert run.early(21) == "step 21 of 1200 at 1 s a step: about 19.6 min of training left (validation not included)"
+    assert run.early(22) is None  # once
+    clock.now += 30.0  # step 51 at 1 s a step, 30 s after the early line: no epoch line yet
+    assert run.epoch_end(1, 5, 51, epoch_s=50.0) is None
+    clock.now += 189.0  # step 240 after 239 s: 1 s a step, 960 steps (16 min) left
+    assert run.epoch_end(1, 5, 240, epoch_s=239.0) == \
+        "epoch 1/5 done in 4.0 min (step 240 of 1200, 1 s a step): about 16.0 min of training left"
+    clock.now += 1.0  # the last epoch is always reported, without a time left
+    assert run.epoch_end(5, 5, 241, epoch_s=1.0) == "epoch 5/5 done in 1 s (step 241 of 1200, 1 s a step)"
+
+
+def test_run_clock_durations_by_size() -> None:
+    """Seconds under 90 s, minutes under 90 min, hours beyond: at 0.5 s a step, 7,200 steps left are 60 min
+    and 14,400 are 2 h."""
+    for total, left in ((7300, "60.0 min"), (14500, "2.0 h")):
+        clock = _FakeClock()
+        run = RunClock(total_steps=total, early_steps=100, clock=clock)
+        run.start(0)
+        clock.now += 50.0
+        assert run.early(100) == f"step 100 of {total} at 0.5 s a step: about {left} of training left " \
+            "(validation not included)"
+
 
 # ----------------------------------------------------------------------------- optimiser
 
