@@ -229,8 +229,9 @@ def precision_flags(cfg: DictConfig, device: torch.device) -> tuple[bool, bool]:
 
     ``auto``: bf16 autocast and channels_last on a GPU, fp32 on the CPU. ``fast``: bf16 wherever the
     hardware runs it natively, a GPU or a CPU with AMX or AVX512-BF16 (elsewhere a CPU emulates bf16,
-    slower than fp32). On the 2-core AMX CPU of CI the default run's step takes 0.43-0.55 s in bf16
-    against 0.65-0.72 s in fp32, and over 3 seeds bf16 ended as accurate (bench/recipes.txt).
+    slower than fp32). On a 2-core AMX CPU the default run's step takes 0.43-0.55 s in bf16 against
+    0.65-0.72 s in fp32, and over 3 seeds bf16 ended as accurate (bench/recipes.txt); a 2-core AVX2-only
+    CPU runs it in fp32 at 1.0-1.1 s.
     """
     precision = plain(cfg.trainer).get("precision")
     bf16 = precision == "bf16" or (precision in ("auto", "fast") and device.type == "cuda") or \
