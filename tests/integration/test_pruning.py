@@ -7,11 +7,15 @@ trained and validated on (``debug=overfit``), one step per epoch. The trials are
 study beforehand, so the order is fixed whatever the sampler does: two good learning rates first
 (the pruner's start-up trials), then five from the decade 1e-6..1e-5 that learns nothing in 30
 steps, then a good one. The same eight trials run once more with pruning switched off. Trial-epochs
-are counted from each run folder's ``metrics.jsonl`` (the highest epoch logged), not from Optuna.
+are counted from each run folder's ``metrics.jsonl`` (the highest epoch logged), not from Optuna,
+and each trial's stopping epoch is derived by hand from its unpruned twin's intermediate values: a
+good learning rate close to the median may be stopped late, and which one is depends on the CPU's
+arithmetic, so the test asks for the median rule's answer rather than a fixed epoch.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import optuna
@@ -55,6 +59,18 @@ def epochs_trained(run_dir: Path) -> int:
     return round(max(r["epoch"] for r in rundir.read_metrics(run_dir) if "epoch" in r))
 
 
+def median_rule_stop(values: dict[int, float], completed: list[dict[int, float]]) -> int:
+    """The epoch a median pruner stops a trial with these intermediate values, by hand: the first
+    validation at or after warm-up where the best value so far is below the median, at that epoch, of
+    the completed trials (here the two start-up trials: the others are pruned or still running)."""
+    for step in sorted(values):
+        if step >= WARMUP and max(v for s, v in values.items() if s <= step) < statistics.median(
+            c[step] for c in completed
+        ):
+            return step
+    return EPOCHS
+
+
 @pytest.mark.slow
 def test_median_pruner_stops_the_learning_rates_that_learn_nothing(tmp_path: Path) -> None:
     pruned_sweep, full_sweep = tmp_path / "pruned", tmp_path / "unpruned"
@@ -69,11 +85,14 @@ def test_median_pruner_stops_the_learning_rates_that_learn_nothing(tmp_path: Pat
 
     for trial in pruned:
         lr, epochs = trial.params["optim.lr"], spent[trial.number]
+        twin = full[trial.number].intermediate_values
+        assert trial.intermediate_values == {s: v for s, v in twin.items() if s <= epochs}  # the same run
+        startup = [full[0].intermediate_values, full[1].intermediate_values]
+        assert epochs == (EPOCHS if trial.number < 2 else median_rule_stop(twin, startup)), lr
         if lr in BAD:  # stopped at the first epoch the pruner may act on
             assert trial.state.name == "PRUNED" and epochs == WARMUP, (lr, trial.state, epochs)
-            assert max(trial.intermediate_values) == WARMUP
-        else:  # the good ones ran to the end (a late one may still be marked PRUNED at its last epoch)
-            assert epochs == EPOCHS, (lr, trial.state, epochs)
+        else:  # a good one outlives the first epoch the pruner may act on
+            assert epochs > WARMUP, (lr, trial.state, epochs)
     # what was stopped would have ended below everything that was kept: read from the unpruned twins
     final = {t.params["optim.lr"]: t.value for t in full}
     assert max(final[lr] for lr in BAD) < min(final[lr] for lr in GOOD)
