@@ -64,9 +64,8 @@ def median_rule_stop(values: dict[int, float], completed: list[dict[int, float]]
     validation at or after warm-up where the best value so far is below the median, at that epoch, of
     the completed trials (here the two start-up trials: the others are pruned or still running)."""
     for step in sorted(values):
-        if step >= WARMUP and max(v for s, v in values.items() if s <= step) < statistics.median(
-            c[step] for c in completed
-        ):
+        best = max(v for s, v in values.items() if s <= step)
+        if step >= WARMUP and best < statistics.median(c[step] for c in completed):
             return step
     return EPOCHS
 
@@ -83,11 +82,11 @@ def test_median_pruner_stops_the_learning_rates_that_learn_nothing(tmp_path: Pat
     saved = 1 - sum(spent.values()) / sum(unpruned.values())
     assert saved >= 0.30, f"the pruner saved {saved:.0%} of the trial-epochs: {spent}"
 
+    startup = [full[0].intermediate_values, full[1].intermediate_values]
     for trial in pruned:
         lr, epochs = trial.params["optim.lr"], spent[trial.number]
         twin = full[trial.number].intermediate_values
         assert trial.intermediate_values == {s: v for s, v in twin.items() if s <= epochs}  # the same run
-        startup = [full[0].intermediate_values, full[1].intermediate_values]
         assert epochs == (EPOCHS if trial.number < 2 else median_rule_stop(twin, startup)), lr
         if lr in BAD:  # stopped at the first epoch the pruner may act on
             assert trial.state.name == "PRUNED" and epochs == WARMUP, (lr, trial.state, epochs)
