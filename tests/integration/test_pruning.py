@@ -25,6 +25,7 @@ from conftest import run_cli
 from rtmdet_exp.experiment import rundir
 
 EPOCHS, VAL_EVERY, WARMUP = 30, 5, 10  # the pruner may first stop a trial at epoch 10 of 30
+STARTUP = 2  # trials that complete before the pruner acts (the two first good learning rates)
 GOOD, BAD = (7e-3, 1e-2, 5e-3), (1e-6, 3e-6, 1e-5, 2e-6, 5e-6)
 LRS = (*GOOD[:2], *BAD, GOOD[2])
 WEIGHT_DECAY = 0.05
@@ -36,7 +37,7 @@ def study_args(sweep_dir: Path, *extra: str) -> list[str]:
             "trainer.precision=fp32", "trainer.grad_clip=null",  # the arithmetic the learning rates were chosen in
             f"trainer.val_interval={VAL_EVERY}", "trainer.checkpoint_interval=1000", "trainer.log_interval=10",
             "optim.lr=tag(log,interval(1e-6,3e-2))", f"hydra.sweeper.n_trials={len(LRS)}",
-            "hydra.sweeper.pruner.n_startup_trials=2", f"hydra.sweeper.pruner.n_warmup_steps={WARMUP}",
+            f"hydra.sweeper.pruner.n_startup_trials={STARTUP}", f"hydra.sweeper.pruner.n_warmup_steps={WARMUP}",
             f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
@@ -82,12 +83,12 @@ def test_median_pruner_stops_the_learning_rates_that_learn_nothing(tmp_path: Pat
     saved = 1 - sum(spent.values()) / sum(unpruned.values())
     assert saved >= 0.30, f"the pruner saved {saved:.0%} of the trial-epochs: {spent}"
 
-    startup = [full[0].intermediate_values, full[1].intermediate_values]
+    startup = [t.intermediate_values for t in full[:STARTUP]]
     for trial in pruned:
         lr, epochs = trial.params["optim.lr"], spent[trial.number]
         twin = full[trial.number].intermediate_values
         assert trial.intermediate_values == {s: v for s, v in twin.items() if s <= epochs}  # the same run
-        assert epochs == (EPOCHS if trial.number < 2 else median_rule_stop(twin, startup)), lr
+        assert epochs == (EPOCHS if trial.number < STARTUP else median_rule_stop(twin, startup)), lr
         if lr in BAD:  # stopped at the first epoch the pruner may act on
             assert trial.state.name == "PRUNED" and epochs == WARMUP, (lr, trial.state, epochs)
         else:  # a good one outlives the first epoch the pruner may act on
